@@ -1,0 +1,1 @@
+"""soakd's service side: configuration, scheduling, telemetry, exporter, journal and CLI."""

@@ -1,0 +1,55 @@
+"""`soakd` command line: one module per sub-command under daemon/commands/."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+# Each module defines `register(subparsers)`, which adds its parser and sets `func`.
+COMMAND_MODULES: tuple[str, ...] = (
+    "daemon.commands.once",
+    # further sub-commands are registered below this line
+)
+
+EX_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad arguments found after parsing; printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one line (no usage block) and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="soakd", description="Sustained-performance telemetry daemon.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    subparsers.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except UsageError as exc:
+        print(f"soakd {args.command}: error: {exc}", file=sys.stderr)
+        return EX_USAGE
+    except KeyboardInterrupt:
+        print(f"soakd {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""`soakd once`: one rotation in the foreground, a table per phase x backend (or --json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from typing import Any, TextIO
+
+from daemon.cli import UsageError
+from workloads.backends import PRECISIONS, parse_backends
+from workloads.host import host_info
+from workloads.phases import PHASE_NAMES, PROFILES, get_profile
+from workloads.rotation import MODES, RotationPlan, SliceContext, run_rotation, summarize
+from workloads.worker import Event
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("once", help="run one rotation now and print the results")
+    add_workload_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.set_defaults(func=run)
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="light", choices=sorted(PROFILES),
+                        help="shapes and durations (default: light)")
+    parser.add_argument("--backends", default="auto",
+                        help="comma list of backends or 'auto' (default: auto)")
+    parser.add_argument("--phases", default=",".join(PHASE_NAMES),
+                        help=f"comma list of phases (default: {','.join(PHASE_NAMES)})")
+    parser.add_argument("--precision", default="fp32",
+                        help="comma list of fp32, fp16, bf16 (default: fp32)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--duration", type=float, metavar="SECONDS",
+                       help="seconds per phase (overrides the profile)")
+    group.add_argument("--steps", type=int, metavar="N", help="measured steps per backend and phase")
+    parser.add_argument("--slice", type=float, metavar="SECONDS", dest="slice_seconds",
+                        help="alternate backends in slices of this length")
+    parser.add_argument("--mode", default="alternate", choices=MODES,
+                        help="how several backends share a phase (default: alternate)")
+    parser.add_argument("--no-cpu-baseline", action="store_true",
+                        help="skip the short CPU run that gives 'speedup vs CPU'")
+
+
+def _comma_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    if not items:
+        raise UsageError(f"no {what} given")
+    for item in items:
+        if item not in allowed:
+            raise UsageError(f"unknown {what} {item!r} (choose from {', '.join(allowed)})")
+    return list(dict.fromkeys(items))
+
+
+def plan_from_args(args: argparse.Namespace) -> RotationPlan:
+    overrides: dict[str, Any] = {}
+    if args.duration is not None:
+        if not args.duration > 0:
+            raise UsageError(f"--duration must be positive, got {args.duration}")
+        overrides["phase_seconds"] = args.duration
+    if args.slice_seconds is not None:
+        if not args.slice_seconds > 0:
+            raise UsageError(f"--slice must be positive, got {args.slice_seconds}")
+        overrides["slice_seconds"] = args.slice_seconds
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    try:
+        profile = get_profile(args.profile, overrides)
+        backends = parse_backends(args.backends)
+    except (KeyError, ValueError) as exc:
+        raise UsageError(str(exc).strip("'\"")) from None
+    return RotationPlan(
+        profile=profile,
+        backends=backends,
+        phases=_comma_list(args.phases, PHASE_NAMES, "phase"),
+        precisions=_comma_list(args.precision, PRECISIONS, "precision"),
+        mode=args.mode,
+        steps=args.steps,
+        cpu_baseline=not args.no_cpu_baseline,
+    )
+
+
+class Progress:
+    """A one-line progress bar on stderr, only when it is a terminal."""
+
+    def __init__(self, plan: RotationPlan, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        profile = plan.profile
+        per_phase = profile.phase_seconds + (profile.cpu_baseline_seconds if plan.cpu_baseline else 0)
+        self.total = per_phase * len(plan.phases) * len(plan.precisions)
+        self.done = 0.0
+        self.started = time.monotonic()
+
+    def __call__(self, context: SliceContext, event: Event) -> None:
+        if not self.enabled:
+            return
+        if event.get("type") == "steps":
+            self.done += float(event["seconds"])
+        fraction = min(1.0, self.done / self.total) if self.total > 0 else 0.0
+        width = 24
+        bar = "#" * int(fraction * width) + "-" * (width - int(fraction * width))
+        label = f"{context.phase} {context.backend} {context.precision}"
+        line = f"\r[{bar}] {fraction:4.0%}  {label:<28} {time.monotonic() - self.started:6.0f} s"
+        self.stream.write(line)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\r" + " " * 80 + "\r")
+            self.stream.flush()
+
+
+def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value * scale:.{digits}f}"
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    header = (f"{'phase':<10} {'backend':<16} {'prec':<5} {'steps/s':>10} {'TFLOP/s':>9} "
+              f"{'p50 ms':>9} {'p99 ms':>9} {'vs CPU':>7} {'success':>8} {'mism':>5} {'peak MiB':>9}")
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        backend = row["backend"]
+        if row["requested_backend"] != backend:
+            backend = f"{row['requested_backend']}>{backend}"
+        elif row["baseline"]:
+            backend = f"{backend} (base)"
+        memory = row["memory_bytes"]
+        peak = max(memory["peak_rss"], memory["peak_device"]) / 2**20
+        latency = row["latency_seconds"]
+        speedup = row["speedup_vs_cpu"]
+        lines.append(
+            f"{row['phase']:<10} {backend:<16} {row['precision']:<5} "
+            f"{_fmt(row['steps_per_second']):>10} {_fmt(row['flop_per_second'], 1e-12, 3):>9} "
+            f"{_fmt(latency['p50'], 1e3, 3):>9} {_fmt(latency['p99'], 1e3, 3):>9} "
+            f"{_fmt(speedup, 1, 1) + 'x' if speedup else '-':>7} "
+            f"{row['success_rate']:>8.0%} {row['mismatches']:>5} {peak:>9.0f}"
+        )
+    notes = [f"  {r['phase']} {r['requested_backend']} -> {r['backend']}: {r['fallback']['reason']}: "
+             f"{r['fallback']['detail']}" for r in rows if r["fallback"]]
+    if notes:
+        lines += ["", "fallbacks:", *notes]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = plan_from_args(args)
+    progress = Progress(plan)
+    try:
+        results = run_rotation(plan, progress)
+    finally:
+        progress.close()
+    rows = summarize(results)
+    if args.json:
+        document = {"host": host_info(), "profile": plan.profile.name, "results": rows}
+        json.dump(document, sys.stdout, indent=2, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        print(render_table(rows))
+    return 0

@@ -1,0 +1,348 @@
+"""The three phases of a rotation (matmul, conv, attention), their models and FLOP formulas.
+
+Every model here has fixed shapes and no data-dependent Python control flow, so that
+`torch.jit.trace` captures it whole and coremltools can convert it. Every model is
+batch-independent (no batch norm, no cross-sample mixing): the float64 reference check runs
+on sample 0 only, which keeps it cheap at the heavy sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+PHASE_NAMES: tuple[str, ...] = ("matmul", "conv", "attention")
+
+
+@dataclass(frozen=True)
+class MatmulSpec:
+    """Batched matrix product: batch x (n x n @ n x n)."""
+
+    batch: int = 4
+    n: int = 2048
+    name: str = field(default="matmul", init=False)
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        shape = (self.batch, self.n, self.n)
+        return {"a": shape, "b": shape}
+
+    def output_shape(self) -> tuple[int, ...]:
+        return (self.batch, self.n, self.n)
+
+    def flop_per_step(self) -> int:
+        return 2 * self.batch * self.n**3
+
+    def build_model(self, generator: torch.Generator) -> nn.Module:
+        return BatchedMatmul()
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """A plain conv net: stages of 3x3 conv+ReLU layers, the first conv of each stage with stride 2."""
+
+    batch: int = 8
+    size: int = 1024
+    in_channels: int = 3
+    stage_channels: tuple[int, ...] = (64, 128, 256, 512, 1024)
+    stage_layers: tuple[int, ...] = (4, 5, 5, 5, 5)
+    kernel: int = 3
+    name: str = field(default="conv", init=False)
+
+    def __post_init__(self) -> None:
+        if len(self.stage_channels) != len(self.stage_layers):
+            raise ValueError("conv.stage_channels and conv.stage_layers must have the same length")
+        if any(n < 1 for n in self.stage_layers):
+            raise ValueError("conv.stage_layers entries must be >= 1")
+
+    @property
+    def depth(self) -> int:
+        return sum(self.stage_layers)
+
+    def layers(self) -> list[tuple[int, int, int, int]]:
+        """(in_channels, out_channels, stride, output_size) for each conv layer."""
+        out: list[tuple[int, int, int, int]] = []
+        cin, size = self.in_channels, self.size
+        for cout, count in zip(self.stage_channels, self.stage_layers, strict=True):
+            for i in range(count):
+                stride = 2 if i == 0 else 1
+                size = _conv_out(size, self.kernel, stride, self.kernel // 2)
+                out.append((cin, cout, stride, size))
+                cin = cout
+        return out
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"x": (self.batch, self.in_channels, self.size, self.size)}
+
+    def output_shape(self) -> tuple[int, ...]:
+        cin, cout, _, size = self.layers()[-1]
+        return (self.batch, cout, size, size)
+
+    def flop_per_step(self) -> int:
+        k2 = self.kernel * self.kernel
+        return sum(2 * cin * cout * k2 * s * s * self.batch for cin, cout, _, s in self.layers())
+
+    def build_model(self, generator: torch.Generator) -> nn.Module:
+        return ConvNet(self, generator)
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """A stack of pre-norm transformer encoder layers (explicit attention, GELU FFN)."""
+
+    batch: int = 1
+    seq: int = 1024
+    d_model: int = 512
+    heads: int = 16
+    layers: int = 12
+    ffn_mult: int = 4
+    name: str = field(default="attention", init=False)
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.heads:
+            raise ValueError(
+                f"attention.d_model ({self.d_model}) must be divisible by heads ({self.heads})"
+            )
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"x": (self.batch, self.seq, self.d_model)}
+
+    def output_shape(self) -> tuple[int, ...]:
+        return (self.batch, self.seq, self.d_model)
+
+    def flop_per_step(self) -> int:
+        b, t, d, f = self.batch, self.seq, self.d_model, self.ffn_mult
+        projections = 2 * t * d * (4 * d)  # q, k, v and output projections
+        ffn = 2 * 2 * t * d * (f * d)
+        scores = 2 * 2 * t * t * d  # QK^T and attention @ V
+        return self.layers * b * (projections + ffn + scores)
+
+    def build_model(self, generator: torch.Generator) -> nn.Module:
+        return Encoder(self, generator)
+
+
+PhaseSpec = MatmulSpec | ConvSpec | AttentionSpec
+
+
+def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _init_(weight: torch.Tensor, fan_in: int, gain: float, generator: torch.Generator) -> None:
+    with torch.no_grad():
+        weight.normal_(0.0, gain / math.sqrt(fan_in), generator=generator)
+
+
+class BatchedMatmul(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(a, b)
+
+
+class ConvNet(nn.Module):
+    def __init__(self, spec: ConvSpec, generator: torch.Generator) -> None:
+        super().__init__()
+        convs: list[nn.Module] = []
+        for cin, cout, stride, _ in spec.layers():
+            conv = nn.Conv2d(cin, cout, spec.kernel, stride=stride, padding=spec.kernel // 2, bias=False)
+            # He init keeps activations O(1) through 24 ReLU layers, so fp16 neither
+            # overflows nor underflows and the reference check stays meaningful.
+            _init_(conv.weight, cin * spec.kernel * spec.kernel, math.sqrt(2.0), generator)
+            convs += [conv, nn.ReLU()]
+        self.body = nn.Sequential(*convs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, spec: AttentionSpec, generator: torch.Generator) -> None:
+        super().__init__()
+        d = spec.d_model
+        self.heads = spec.heads
+        self.head_dim = d // spec.heads
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.norm1 = nn.LayerNorm(d)
+        self.norm2 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.ff1 = nn.Linear(d, spec.ffn_mult * d)
+        self.ff2 = nn.Linear(spec.ffn_mult * d, d)
+        for lin in (self.qkv, self.out, self.ff1, self.ff2):
+            _init_(lin.weight, lin.in_features, 1.0, generator)
+            nn.init.zeros_(lin.bias)
+        # Constant shape numbers (batch as -1) so a trace holds no data-dependent ints and the
+        # same module runs the batch-1 float64 reference.
+        self.split_shape = (-1, spec.seq, spec.heads, self.head_dim)
+        self.merged_shape = (-1, spec.seq, spec.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        q = q.reshape(self.split_shape).transpose(1, 2)
+        k = k.reshape(self.split_shape).transpose(1, 2)
+        v = v.reshape(self.split_shape).transpose(1, 2)
+        weights = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * self.scale, dim=-1)
+        attended = torch.matmul(weights, v).transpose(1, 2).reshape(self.merged_shape)
+        x = x + self.out(attended)
+        return x + self.ff2(torch.nn.functional.gelu(self.ff1(self.norm2(x))))
+
+
+class Encoder(nn.Module):
+    def __init__(self, spec: AttentionSpec, generator: torch.Generator) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*(EncoderLayer(spec, generator) for _ in range(spec.layers)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def make_inputs(spec: PhaseSpec, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Fixed random inputs (float32, CPU) in the order the model's forward takes them."""
+    return {
+        name: torch.randn(shape, generator=generator, dtype=torch.float32)
+        for name, shape in spec.input_shapes().items()
+    }
+
+
+def build(spec: PhaseSpec, seed: int = 0) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The phase's model (float32, CPU, eval mode) and its fixed inputs, the same for a seed."""
+    generator = torch.Generator().manual_seed(seed)
+    model = spec.build_model(generator).eval()
+    return model, make_inputs(spec, generator)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Shapes and durations of one rotation."""
+
+    name: str
+    matmul: MatmulSpec
+    conv: ConvSpec
+    attention: AttentionSpec
+    phase_seconds: float  # whole phase, shared by the backends that run it
+    slice_seconds: float  # backends alternate in slices of this length
+    warmup_steps: int
+    check_every: int  # compare with the float64 reference every K steps
+    cpu_baseline_seconds: float  # short CPU run per phase for "speedup vs CPU"
+
+    def spec(self, phase: str) -> PhaseSpec:
+        if phase not in PHASE_NAMES:
+            raise KeyError(f"unknown phase {phase!r} (choose from {', '.join(PHASE_NAMES)})")
+        spec: PhaseSpec = getattr(self, phase)
+        return spec
+
+
+PROFILES: dict[str, Profile] = {
+    "heavy": Profile(
+        name="heavy",
+        matmul=MatmulSpec(batch=4, n=2048),
+        conv=ConvSpec(batch=8, size=1024),
+        attention=AttentionSpec(batch=1, seq=1024, d_model=512, heads=16, layers=12),
+        phase_seconds=20 * 60,
+        slice_seconds=60,
+        warmup_steps=3,
+        check_every=50,
+        cpu_baseline_seconds=60,
+    ),
+    "reduced": Profile(
+        name="reduced",
+        matmul=MatmulSpec(batch=4, n=1024),
+        conv=ConvSpec(batch=4, size=1024),
+        attention=AttentionSpec(batch=1, seq=1024, d_model=512, heads=16, layers=12),
+        phase_seconds=20 * 60,
+        slice_seconds=60,
+        warmup_steps=3,
+        check_every=50,
+        cpu_baseline_seconds=60,
+    ),
+    "light": Profile(
+        name="light",
+        matmul=MatmulSpec(batch=4, n=512),
+        conv=ConvSpec(batch=2, size=128, stage_channels=(16, 32, 64, 128, 256)),
+        attention=AttentionSpec(batch=1, seq=256, d_model=256, heads=8, layers=4),
+        phase_seconds=15,
+        slice_seconds=5,
+        warmup_steps=2,
+        check_every=20,
+        cpu_baseline_seconds=3,
+    ),
+    "ci": Profile(
+        name="ci",
+        matmul=MatmulSpec(batch=2, n=128),
+        conv=ConvSpec(batch=1, size=64, stage_channels=(8, 16, 32, 64, 128)),
+        attention=AttentionSpec(batch=1, seq=64, d_model=64, heads=4, layers=2),
+        phase_seconds=2,
+        slice_seconds=1,
+        warmup_steps=1,
+        check_every=10,
+        cpu_baseline_seconds=0.5,
+    ),
+}
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    """Turn a config/CLI value into the type of the field it overrides."""
+    try:
+        if isinstance(current, bool):
+            raise TypeError
+        if isinstance(current, int):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            out: Any = int(value)
+            if out < 1:
+                raise ValueError
+            return out
+        if isinstance(current, float):
+            out = float(value)
+            if not out >= 0 or math.isinf(out):
+                raise ValueError
+            return out
+        if isinstance(current, tuple):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            out = tuple(int(v) for v in items)
+            if not out or min(out) < 1:
+                raise ValueError
+            return out
+    except (TypeError, ValueError):
+        kind = type(current).__name__
+        raise ValueError(f"{key}: bad value {value!r} (expected a positive {kind})") from None
+    raise ValueError(f"{key}: cannot be overridden")
+
+
+def with_overrides(profile: Profile, overrides: dict[str, Any]) -> Profile:
+    """A copy of `profile` with dotted overrides applied, e.g. {"matmul.n": 1024, "phase_seconds": 30}."""
+    phase_changes: dict[str, dict[str, Any]] = {}
+    top_changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            if head not in PHASE_NAMES:
+                raise ValueError(f"{key}: unknown phase {head!r}")
+            spec = profile.spec(head)
+            names = {f.name for f in fields(spec) if f.init}
+            if rest not in names:
+                raise ValueError(f"{key}: unknown setting (known: {', '.join(sorted(names))})")
+            phase_changes.setdefault(head, {})[rest] = _coerce(value, getattr(spec, rest), key)
+        else:
+            names = {f.name for f in fields(profile)} - {"name", *PHASE_NAMES}
+            if key not in names:
+                raise ValueError(f"{key}: unknown setting (known: {', '.join(sorted(names))})")
+            top_changes[key] = _coerce(value, getattr(profile, key), key)
+    for phase, changes in phase_changes.items():
+        try:
+            top_changes[phase] = replace(profile.spec(phase), **changes)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+    return replace(profile, **top_changes)
+
+
+def get_profile(name: str, overrides: dict[str, Any] | None = None) -> Profile:
+    if name not in PROFILES:
+        raise KeyError(f"unknown profile {name!r} (choose from {', '.join(PROFILES)})")
+    return with_overrides(PROFILES[name], overrides or {})
+
+
+ModelFactory = Callable[[PhaseSpec, int], tuple[nn.Module, dict[str, torch.Tensor]]]
