@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from workloads.backends import fallback_chain, get_backend
+from workloads.backends import Availability, fallback_chain, get_backend
 from workloads.phases import PHASE_NAMES, Profile
 from workloads.runner import PhaseResult, SliceResult, run_slice
 from workloads.worker import Event, SliceRequest
@@ -176,11 +176,10 @@ class RotationRunner:
                 else:
                     reason = "unavailable"
             except Exception as exc:  # a backend whose probe itself breaks is unavailable
-                availability, reason = None, "unavailable"
-                detail = f"probe failed: {type(exc).__name__}: {exc}"
-            else:
-                detail = availability.reason
-            if availability is None or not availability.ok:
+                availability = Availability.no(f"probe failed: {type(exc).__name__}: {exc}")
+                reason = "unavailable"
+            detail = availability.reason
+            if not availability.ok:
                 self._emit(context, {"type": "failure", "reason": reason, "detail": detail,
                                      "stage": "probe"})
                 self._fall_back(lane, phase, precision, reason, detail)
@@ -199,7 +198,7 @@ class RotationRunner:
                                     self.stop, in_process=self.plan.in_process)
             self._result(lane, phase, backend_name, precision).add(piece)
             self._emit(context, {"type": "slice_end", "steps": piece.steps, "seconds": piece.seconds,
-                                 "failure": piece.failure})
+                                 "failure": piece.failure, "slice": piece})
             if piece.failure is not None and piece.failure["reason"] in FALLBACK_REASONS:
                 self._fall_back(lane, phase, precision, piece.failure["reason"],
                                 piece.failure["detail"])

@@ -6,6 +6,7 @@ by a signal, overruns its slice or dies in a native crash becomes a recorded fai
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import signal
@@ -25,6 +26,9 @@ EventSink = Callable[[Event], None]
 PREPARE_TIMEOUT_S = 900.0
 # ... and this much slack past its measured budget before it is killed as overrun.
 OVERRUN_MARGIN_S = 30.0
+# After a stop request, a worker whose current step is still running is killed after this
+# long, so the daemon can exit inside launchd's/systemd's stop timeout.
+STOP_GRACE_S = 5.0
 
 
 @dataclass
@@ -95,6 +99,7 @@ def run_slice(
     stop: threading.Event | None = None,
     in_process: bool = False,
     prepare_timeout_s: float = PREPARE_TIMEOUT_S,
+    stop_grace_s: float = STOP_GRACE_S,
 ) -> SliceResult:
     """Run one slice in a fresh child worker (or in this process, for tests) and collect it."""
     result = SliceResult(request)
@@ -116,16 +121,21 @@ def run_slice(
     child_conn.close()
     started = time.monotonic()
     run_deadline: float | None = None
-    stop_sent = False
+    stop_sent: float | None = None
     finished = False
     try:
         while True:
-            if stop is not None and stop.is_set() and not stop_sent:
-                try:
+            if stop is not None and stop.is_set() and stop_sent is None:
+                with contextlib.suppress(OSError):
                     parent_conn.send("stop")
-                except OSError:
-                    pass
-                stop_sent = True
+                stop_sent = time.monotonic()
+            if stop_sent is not None and time.monotonic() - stop_sent > stop_grace_s:
+                process.kill()
+                process.join(5)
+                result.stopped = True
+                deliver({"type": "failure", "reason": "stopped", "stage": "run",
+                         "detail": f"worker still busy {stop_grace_s:.0f} s after a stop request; killed"})
+                return result
             try:
                 ready = parent_conn.poll(0.05)
             except (EOFError, OSError):
@@ -205,7 +215,7 @@ class PhaseResult:
     peak_rss_bytes: int = 0
     rss_weighted: float = 0.0
     peak_device_bytes: int = 0
-    fallback: dict[str, str] | None = None
+    fallback: dict[str, Any] | None = None
     baseline: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 

@@ -79,7 +79,7 @@ class PreparedWorkload(ABC):
         """Device allocator gauges in bytes (empty where the device has none)."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most workloads need nothing here
         """Release device memory."""
 
 

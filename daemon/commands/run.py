@@ -1,0 +1,60 @@
+"""`soakd run`: the foreground service (launchd and systemd expect no double fork)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from daemon.config import EX_CONFIG, ConfigError, load_config
+
+EX_RUNNING = 75  # EX_TEMPFAIL: another instance holds the pid lock; a later start may work
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="TOML config file (default: the per-user/system location, if present)")
+    parser.add_argument("--state-dir", metavar="DIR", help="journal and pid file directory")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("run", help="run the daemon in the foreground")
+    add_config_arguments(parser)
+    parser.add_argument("--profile", help="workload profile (ci, light, reduced, heavy)")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="metrics address (default 127.0.0.1:10466)")
+    parser.set_defaults(func=run)
+
+
+def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {"daemon.state_dir": args.state_dir, "schedule.profile": getattr(args, "profile", None),
+            "daemon.listen": getattr(args, "listen", None)}
+
+
+def load_or_exit(args: argparse.Namespace) -> Any:
+    """The config, or a one-line error and exit 78 (EX_CONFIG)."""
+    try:
+        return load_config(args.config, flags=flags_from_args(args))
+    except ConfigError as exc:
+        print(f"soakd: config error: {exc}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from daemon import log
+    from daemon.service import AlreadyRunning, Service
+
+    config = load_or_exit(args)
+    log.configure(config.log_format, config.log_level)
+    service = Service(config, args.config, flags_from_args(args))
+    try:
+        return service.run()
+    except AlreadyRunning as exc:
+        print(f"soakd: refusing to start: {exc}", file=sys.stderr)
+        return EX_RUNNING
+    except OSError as exc:
+        if exc.errno == 98 or "Address already in use" in str(exc):
+            print(f"soakd: cannot listen on {config.listen}: address already in use "
+                  "(set daemon.listen or --listen)", file=sys.stderr)
+            return EX_CONFIG
+        raise

@@ -1,0 +1,330 @@
+"""Configuration: built-in defaults < TOML file < SOAKD_* environment < command-line flags.
+
+Every bad value is reported as one line naming the key and the value; `soakd run` turns that
+into exit code 78 (EX_CONFIG) so launchd/systemd do not restart-loop on a permanent error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from daemon.paths import default_config_path, default_state_dir
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+EX_CONFIG = 78
+# Outside 9100-9999, which Prometheus' default port allocations list has used up.
+DEFAULT_PORT = 10466
+DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
+HEAVY_PROFILES = frozenset({"heavy", "reduced"})
+
+
+class ConfigError(Exception):
+    """One bad setting: `key`, the offending `value` and why."""
+
+    def __init__(self, key: str, value: Any, why: str) -> None:
+        super().__init__(f"{key} = {value!r}: {why}")
+        self.key = key
+        self.value = value
+
+
+@dataclass(frozen=True)
+class Config:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = DEFAULT_PORT
+    state_dir: Path = field(default_factory=default_state_dir)
+    log_format: str = "auto"  # auto: console on a terminal, JSON lines otherwise
+    log_level: str = "info"
+    profile: str = "heavy"
+    profile_overrides: dict[str, Any] = field(default_factory=dict)
+    interval_seconds: float = 3600.0
+    cron: str | None = None
+    jitter_seconds: float = 0.0
+    run_at_start: bool = True
+    misfire_grace_seconds: float = 3600.0
+    backends: str = "auto"
+    phases: tuple[str, ...] = ("matmul", "conv", "attention")
+    precisions: tuple[str, ...] = ("fp32",)
+    mode: str = "alternate"
+    cpu_baseline: bool = True
+    seed: int = 0
+    sampler_interval_seconds: float = 1.0
+    sources: dict[str, Any] = field(default_factory=dict)
+    micro_profile: str = "light"
+    micro_backends: str = "auto"
+    source_path: Path | None = None
+
+    @property
+    def listen(self) -> str:
+        return f"{self.listen_host}:{self.listen_port}"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / "journal.sqlite3"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.state_dir / "soakd.pid"
+
+
+# key in the file/env -> (Config field, parser)
+def _str(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(key, value, "expected a non-empty string")
+    return value.strip()
+
+
+def _positive(key: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, value, "expected a number") from None
+    if isinstance(value, bool) or not number > 0 or number != number or number == float("inf"):
+        raise ConfigError(key, value, "must be a positive number")
+    return number
+
+
+def _non_negative(key: str, value: Any) -> float:
+    if value in (0, "0"):
+        return 0.0
+    return _positive(key, value)
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(key, value, "expected true or false")
+
+
+def _int(key: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(key, value, "expected an integer")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, value, "expected an integer") from None
+    if number < 0:
+        raise ConfigError(key, value, "must not be negative")
+    return number
+
+
+def _list(key: str, value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ConfigError(key, value, "expected a list of strings or a comma list")
+    cleaned = tuple(i.strip() for i in items if i.strip())
+    if not cleaned:
+        raise ConfigError(key, value, "must not be empty")
+    return cleaned
+
+
+def _choice(options: tuple[str, ...]) -> Any:
+    def parse(key: str, value: Any) -> str:
+        text = _str(key, value)
+        if text not in options:
+            raise ConfigError(key, value, f"expected one of {', '.join(options)}")
+        return text
+    return parse
+
+
+def _listen(key: str, value: Any) -> tuple[str, int]:
+    text = _str(key, value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(key, value, "expected HOST:PORT, e.g. 127.0.0.1:10466")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(key, value, "port is not a number") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(key, value, "port must be 0-65535")
+    return host.strip("[]"), number
+
+
+def _path(key: str, value: Any) -> Path:
+    return Path(_str(key, value)).expanduser()
+
+
+def _cron(key: str, value: Any) -> str:
+    from apscheduler.triggers.cron import CronTrigger
+
+    text = _str(key, value)
+    try:
+        CronTrigger.from_crontab(text)
+    except ValueError as exc:
+        raise ConfigError(key, value, f"not a crontab expression ({exc})") from None
+    return text
+
+
+def _profile(key: str, value: Any) -> str:
+    from workloads.phases import PROFILES
+
+    return str(_choice(tuple(PROFILES))(key, value))
+
+
+def _phases(key: str, value: Any) -> tuple[str, ...]:
+    from workloads.phases import PHASE_NAMES
+
+    items = _list(key, value)
+    for item in items:
+        if item not in PHASE_NAMES:
+            raise ConfigError(key, value, f"unknown phase {item!r} (choose from {', '.join(PHASE_NAMES)})")
+    return items
+
+
+def _precisions(key: str, value: Any) -> tuple[str, ...]:
+    from workloads.backends import PRECISIONS
+
+    items = _list(key, value)
+    for item in items:
+        if item not in PRECISIONS:
+            raise ConfigError(key, value, f"unknown precision {item!r} (choose from {', '.join(PRECISIONS)})")
+    return items
+
+
+def _backends(key: str, value: Any) -> str:
+    from workloads.backends import BACKEND_NAMES
+
+    items = _list(key, value)
+    for item in items:
+        if item != "auto" and item not in BACKEND_NAMES:
+            raise ConfigError(key, value, f"unknown backend {item!r} (choose from {', '.join(BACKEND_NAMES)}, auto)")
+    return ",".join(items)
+
+
+# (section, key) -> (Config field, parser). Sections are the TOML tables.
+SETTINGS: dict[tuple[str, str], tuple[str, Any]] = {
+    ("daemon", "listen"): ("listen", _listen),
+    ("daemon", "state_dir"): ("state_dir", _path),
+    ("daemon", "log_format"): ("log_format", _choice(("auto", "json", "console"))),
+    ("daemon", "log_level"): ("log_level", _choice(("debug", "info", "warning", "error"))),
+    ("schedule", "profile"): ("profile", _profile),
+    ("schedule", "interval_minutes"): ("interval_seconds", lambda k, v: 60.0 * _positive(k, v)),
+    ("schedule", "interval_seconds"): ("interval_seconds", _positive),
+    ("schedule", "cron"): ("cron", _cron),
+    ("schedule", "jitter_seconds"): ("jitter_seconds", _non_negative),
+    ("schedule", "run_at_start"): ("run_at_start", _bool),
+    ("schedule", "misfire_grace_seconds"): ("misfire_grace_seconds", _positive),
+    ("workload", "backends"): ("backends", _backends),
+    ("workload", "phases"): ("phases", _phases),
+    ("workload", "precisions"): ("precisions", _precisions),
+    ("workload", "mode"): ("mode", _choice(("alternate", "sequential", "concurrent"))),
+    ("workload", "cpu_baseline"): ("cpu_baseline", _bool),
+    ("workload", "seed"): ("seed", _int),
+    ("sampler", "interval_seconds"): ("sampler_interval_seconds", _positive),
+    ("micro", "profile"): ("micro_profile", _choice(("ci", "light", "heavy"))),
+    ("micro", "backends"): ("micro_backends", _backends),
+}
+# [sources] keys handed to the telemetry sources as they are (validated by type here).
+SOURCE_KEYS: dict[str, Any] = {
+    "powermetrics": _bool, "powermetrics_interval_ms": _int, "nvml": _bool, "rapl": _bool,
+    "rapl_root": _str, "thermal_root": _str, "replay_file": _str,
+}
+
+
+def _apply(config: Config, section: str, key: str, value: Any) -> Config:
+    dotted = f"{section}.{key}"
+    if section == "sources":
+        if key not in SOURCE_KEYS:
+            raise ConfigError(dotted, value, f"unknown setting (known: {', '.join(sorted(SOURCE_KEYS))})")
+        return replace(config, sources={**config.sources, key: SOURCE_KEYS[key](dotted, value)})
+    if section == "workload" and key == "overrides":
+        if not isinstance(value, Mapping):
+            raise ConfigError(dotted, value, "expected a table of setting = value")
+        return replace(config, profile_overrides={**config.profile_overrides, **value})
+    if (section, key) not in SETTINGS:
+        known = [*sorted(f"{s}.{k}" for s, k in SETTINGS), "sources.*", "workload.overrides.*"]
+        raise ConfigError(dotted, value, f"unknown setting (known: {', '.join(known)})")
+    name, parse = SETTINGS[(section, key)]
+    parsed = parse(dotted, value)
+    if name == "listen":
+        return replace(config, listen_host=parsed[0], listen_port=parsed[1])
+    return replace(config, **{name: parsed})
+
+
+def _apply_table(config: Config, table: Mapping[str, Any]) -> Config:
+    for section, body in table.items():
+        if not isinstance(body, Mapping):
+            raise ConfigError(section, body, "expected a [section] table")
+        for key, value in body.items():
+            config = _apply(config, section, key, value)
+    return config
+
+
+def _env_settings(environ: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """SOAKD_<SECTION>_<KEY>=value, e.g. SOAKD_SCHEDULE_PROFILE=ci or SOAKD_DAEMON_LISTEN=..."""
+    out = []
+    sections = {s for s, _ in SETTINGS} | {"sources"}
+    for name, value in environ.items():
+        if not name.startswith("SOAKD_"):
+            continue
+        rest = name[len("SOAKD_"):].lower()
+        section, _, key = rest.partition("_")
+        if section in sections and key:
+            out.append((section, key, value))
+    return out
+
+
+def validate(config: Config) -> Config:
+    """Cross-field checks: the workload overrides must apply to the chosen profile."""
+    from workloads.phases import get_profile
+
+    try:
+        get_profile(config.profile, config.profile_overrides)
+    except (KeyError, ValueError) as exc:
+        message = str(exc).strip("'\"")
+        key, _, why = message.partition(": ")
+        raise ConfigError(f"workload.overrides.{key}", config.profile_overrides.get(key), why or message) from None
+    return config
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None,
+                flags: Mapping[str, Any] | None = None) -> Config:
+    """Defaults, then the file (`path`, else the default location if it exists), env, flags."""
+    environ = os.environ if environ is None else environ
+    config = Config()
+    explicit = path is not None or "SOAKD_CONFIG" in environ
+    file = path or (Path(environ["SOAKD_CONFIG"]) if "SOAKD_CONFIG" in environ else default_config_path())
+    if explicit or file.exists():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("--config", str(file), "file not found") from None
+        except OSError as exc:
+            raise ConfigError("--config", str(file), f"cannot read ({exc.strerror})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError("--config", str(file), f"not valid TOML ({exc})") from None
+        config = replace(_apply_table(config, data), source_path=file)
+    for section, key, value in _env_settings(environ):
+        config = _apply(config, section, key, value)
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            section, _, key = dotted.partition(".")
+            config = _apply(config, section, key, value)
+    return validate(config)
+
+
+def heavy_skip_reason(profile: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The seed's CI switches: under CI=true heavy runs are skipped unless SOAKD_HEAVY_BENCHMARK=1;
+    SOAKD_SKIP_HEAVY_BENCHMARK=1 always skips them."""
+    environ = os.environ if environ is None else environ
+    if profile not in HEAVY_PROFILES:
+        return None
+    if environ.get("SOAKD_SKIP_HEAVY_BENCHMARK", "") not in ("", "0"):
+        return f"SOAKD_SKIP_HEAVY_BENCHMARK is set: the {profile} profile is skipped"
+    ci = environ.get("CI", "").lower() in ("1", "true", "yes")
+    if ci and environ.get("SOAKD_HEAVY_BENCHMARK", "") in ("", "0"):
+        return f"CI=true: the {profile} profile is skipped unless SOAKD_HEAVY_BENCHMARK=1"
+    return None

@@ -1,0 +1,289 @@
+"""The SQLite journal: rotations, slices, events, telemetry and micro-benchmark runs.
+
+WAL mode, one transaction per slice, so `kill -9` loses at most the slice in progress.
+The schema is versioned (table `meta`); `migrate()` brings an older file up to date.
+`soakd status`, `soakd history` and `soakd report` read it with no daemon running.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rotations (
+    id INTEGER PRIMARY KEY,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    profile TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    backends TEXT NOT NULL,
+    result TEXT,                -- completed | stopped | failed | skipped; NULL while running
+    detail TEXT
+);
+CREATE TABLE IF NOT EXISTS slices (
+    id INTEGER PRIMARY KEY,
+    rotation_id INTEGER NOT NULL REFERENCES rotations(id),
+    phase TEXT NOT NULL,
+    requested_backend TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    precision TEXT NOT NULL,
+    baseline INTEGER NOT NULL DEFAULT 0,
+    device TEXT,
+    started_at REAL NOT NULL,
+    ended_at REAL NOT NULL,
+    steps INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    flop REAL NOT NULL,
+    latency_p50 REAL,
+    latency_p99 REAL,
+    energy_joules TEXT NOT NULL,     -- JSON {component: J} over the slice
+    thermal_seconds TEXT NOT NULL,   -- JSON {level: s} over the slice
+    peak_rss_bytes INTEGER,
+    avg_rss_bytes INTEGER,
+    peak_device_bytes INTEGER,
+    checks INTEGER NOT NULL DEFAULT 0,
+    mismatches INTEGER NOT NULL DEFAULT 0,
+    max_relative_error REAL,
+    failure_reason TEXT,
+    failure_detail TEXT,
+    fallback TEXT,                   -- JSON {from, to, reason, detail} when this slice ran after one
+    prepare_seconds REAL,
+    warmup_seconds REAL,
+    info TEXT
+);
+CREATE INDEX IF NOT EXISTS slices_rotation ON slices(rotation_id);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    rotation_id INTEGER,
+    kind TEXT NOT NULL,              -- throttle | source_up | source_down | error | signal | fallback | ...
+    source TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS events_time ON events(time);
+CREATE TABLE IF NOT EXISTS telemetry (
+    time REAL NOT NULL,
+    rotation_id INTEGER,
+    power_watts TEXT NOT NULL,       -- JSON {component: W}
+    thermal_pressure TEXT,
+    temperatures TEXT NOT NULL       -- JSON {sensor: C}
+);
+CREATE INDEX IF NOT EXISTS telemetry_time ON telemetry(time);
+CREATE TABLE IF NOT EXISTS micro_runs (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    profile TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    results TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
+"""
+
+
+class JournalError(Exception):
+    pass
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str, allow_nan=False)
+
+
+def _loads(value: str | None) -> Any:
+    return json.loads(value) if value else None
+
+
+class Journal:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        if readonly:
+            if not self.path.exists():
+                raise JournalError(f"no journal at {self.path}")
+            uri = f"file:{self.path}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self.migrate()
+        self._db.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._db:
+            yield self._db
+
+    def migrate(self) -> None:
+        with self._tx() as db:
+            db.executescript(SCHEMA_V1)
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise JournalError(f"{self.path} has schema version {version}; this soakd reads "
+                                   f"up to {SCHEMA_VERSION}: upgrade soakd")
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                       (str(SCHEMA_VERSION),))
+
+    def schema_version(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def start_rotation(self, profile: str, trigger: str, backends: str, started_at: float | None = None) -> int:
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT INTO rotations(started_at, profile, trigger, backends) VALUES (?, ?, ?, ?)",
+                (started_at or time.time(), profile, trigger, backends))
+            return int(cursor.lastrowid or 0)
+
+    def end_rotation(self, rotation_id: int, result: str, detail: str = "", ended_at: float | None = None) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE rotations SET ended_at=?, result=?, detail=? WHERE id=?",
+                       (ended_at or time.time(), result, detail, rotation_id))
+
+    def close_dangling_rotations(self) -> int:
+        """Rotations a crash left open are marked `interrupted` (their finished slices stay)."""
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE rotations SET result='interrupted', ended_at=COALESCE("
+                "(SELECT MAX(ended_at) FROM slices WHERE rotation_id=rotations.id), started_at) "
+                "WHERE result IS NULL")
+            return cursor.rowcount
+
+    def add_slice(self, rotation_id: int, row: Mapping[str, Any]) -> int:
+        columns = ("phase", "requested_backend", "backend", "precision", "baseline", "device",
+                   "started_at", "ended_at", "steps", "seconds", "flop", "latency_p50", "latency_p99",
+                   "energy_joules", "thermal_seconds", "peak_rss_bytes", "avg_rss_bytes",
+                   "peak_device_bytes", "checks", "mismatches", "max_relative_error",
+                   "failure_reason", "failure_detail", "fallback", "prepare_seconds",
+                   "warmup_seconds", "info")
+        json_columns = {"energy_joules", "thermal_seconds", "fallback", "info"}
+        values = []
+        for column in columns:
+            value = row.get(column)
+            if column in json_columns:
+                value = _json(value if value is not None else ({} if column != "fallback" else None))
+                value = None if value == "null" else value
+            values.append(value)
+        with self._tx() as db:
+            cursor = db.execute(
+                f"INSERT INTO slices(rotation_id, {', '.join(columns)}) "
+                f"VALUES (?, {', '.join('?' for _ in columns)})", (rotation_id, *values))
+            return int(cursor.lastrowid or 0)
+
+    def add_event(self, kind: str, detail: Mapping[str, Any] | str = "", source: str | None = None,
+                  rotation_id: int | None = None, at: float | None = None) -> None:
+        text = detail if isinstance(detail, str) else _json(dict(detail))
+        with self._tx() as db:
+            db.execute("INSERT INTO events(time, rotation_id, kind, source, detail) VALUES (?, ?, ?, ?, ?)",
+                       (at or time.time(), rotation_id, kind, source, text))
+
+    def add_telemetry(self, at: float, rotation_id: int | None, power_watts: Mapping[str, float],
+                      thermal_pressure: str | None, temperatures: Mapping[str, float]) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO telemetry(time, rotation_id, power_watts, thermal_pressure, temperatures) "
+                       "VALUES (?, ?, ?, ?, ?)",
+                       (at, rotation_id, _json(dict(power_watts)), thermal_pressure, _json(dict(temperatures))))
+
+    def add_micro_run(self, profile: str, summary: Mapping[str, Any], results: list[Mapping[str, Any]],
+                      at: float | None = None) -> int:
+        with self._tx() as db:
+            cursor = db.execute("INSERT INTO micro_runs(time, profile, summary, results) VALUES (?, ?, ?, ?)",
+                                (at or time.time(), profile, _json(dict(summary)), _json(list(results))))
+            return int(cursor.lastrowid or 0)
+
+    def set_state(self, key: str, value: Any) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO state(key, value, updated_at) VALUES (?, ?, ?)",
+                       (key, _json(value), time.time()))
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def get_state(self, key: str) -> tuple[Any, float] | None:
+        with self._lock:
+            row = self._db.execute("SELECT value, updated_at FROM state WHERE key=?", (key,)).fetchone()
+        return (_loads(row["value"]), float(row["updated_at"])) if row else None
+
+    def rotations(self, limit: int = 20, since: float | None = None) -> list[dict[str, Any]]:
+        query = "SELECT * FROM rotations"
+        args: list[Any] = []
+        if since is not None:
+            query += " WHERE started_at >= ?"
+            args.append(since)
+        query += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            return [dict(r) for r in self._db.execute(query, args).fetchall()]
+
+    def rotation(self, rotation_id: int) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM rotations WHERE id=?", (rotation_id,)).fetchone()
+        return dict(row) if row else None
+
+    def slices(self, rotation_id: int | None = None, since: float | None = None) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM slices WHERE 1=1", list[Any]()
+        if rotation_id is not None:
+            query += " AND rotation_id = ?"
+            args.append(rotation_id)
+        if since is not None:
+            query += " AND started_at >= ?"
+            args.append(since)
+        with self._lock:
+            rows = [dict(r) for r in self._db.execute(query + " ORDER BY id", args).fetchall()]
+        for row in rows:
+            for column in ("energy_joules", "thermal_seconds", "fallback", "info"):
+                row[column] = _loads(row[column])
+        return rows
+
+    def events(self, since: float | None = None, kind: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM events WHERE 1=1", list[Any]()
+        if since is not None:
+            query += " AND time >= ?"
+            args.append(since)
+        if kind is not None:
+            query += " AND kind = ?"
+            args.append(kind)
+        query += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            return [dict(r) for r in self._db.execute(query, args).fetchall()]
+
+    def telemetry(self, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM telemetry WHERE 1=1", list[Any]()
+        if since is not None:
+            query += " AND time >= ?"
+            args.append(since)
+        if until is not None:
+            query += " AND time <= ?"
+            args.append(until)
+        with self._lock:
+            rows = [dict(r) for r in self._db.execute(query + " ORDER BY time", args).fetchall()]
+        for row in rows:
+            row["power_watts"] = _loads(row["power_watts"])
+            row["temperatures"] = _loads(row["temperatures"])
+        return rows
+
+    def micro_runs(self, limit: int = 5) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = [dict(r) for r in self._db.execute(
+                "SELECT * FROM micro_runs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()]
+        for row in rows:
+            row["summary"] = _loads(row["summary"])
+            row["results"] = _loads(row["results"])
+        return rows

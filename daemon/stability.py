@@ -1,0 +1,116 @@
+"""Live stability figures per phase x backend x precision, from the worker's step events.
+
+Measured time is counted per key, so when backends alternate in slices each one's "first
+minute" and "last minute" are its own measured seconds, not wall time shared with the others.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+BASELINE_SECONDS = 60.0  # the phase's first minute of measured time after warm-up
+RECENT_SECONDS = 60.0  # window for the sustained ratio and the variation
+THROUGHPUT_SECONDS = 10.0  # window for the "throughput now" gauge
+
+
+@dataclass
+class Segment:
+    measured_end: float  # cumulative measured seconds at the segment's end
+    seconds: float
+    flop: float
+
+
+@dataclass
+class StabilityTracker:
+    """Throughput history of one phase/backend/precision within one phase run."""
+
+    phase_started_wall: float
+    measured: float = 0.0
+    flop: float = 0.0
+    baseline_flop: float = 0.0
+    baseline_seconds: float = 0.0
+    energy_joules: float = 0.0
+    energy_known: bool = False
+    first_throttle_wall: float | None = None
+    segments: deque[Segment] = field(default_factory=deque)
+
+    def add(self, seconds: float, flop: float) -> None:
+        if seconds <= 0:
+            return
+        if self.baseline_seconds < BASELINE_SECONDS:
+            take = min(seconds, BASELINE_SECONDS - self.baseline_seconds)
+            self.baseline_seconds += take
+            self.baseline_flop += flop * take / seconds
+        self.measured += seconds
+        self.flop += flop
+        self.segments.append(Segment(self.measured, seconds, flop))
+        while self.segments and self.segments[0].measured_end < self.measured - RECENT_SECONDS:
+            self.segments.popleft()
+
+    def _window(self, seconds: float) -> list[Segment]:
+        return [s for s in self.segments if s.measured_end >= self.measured - seconds]
+
+    def throughput(self, window: float = THROUGHPUT_SECONDS) -> float | None:
+        segments = self._window(window)
+        total = sum(s.seconds for s in segments)
+        return sum(s.flop for s in segments) / total if total > 0 else None
+
+    def sustained_ratio(self) -> float | None:
+        """Throughput over the last minute / throughput over the first minute after warm-up."""
+        if self.baseline_seconds <= 0 or self.baseline_flop <= 0:
+            return None
+        recent = self.throughput(RECENT_SECONDS)
+        return recent / (self.baseline_flop / self.baseline_seconds) if recent is not None else None
+
+    def variation(self) -> float | None:
+        """Coefficient of variation of segment throughputs (segments are ~0.25 s) in the last minute."""
+        rates = [s.flop / s.seconds for s in self._window(RECENT_SECONDS) if s.seconds > 0]
+        if len(rates) < 2:
+            return None
+        mean = sum(rates) / len(rates)
+        if mean <= 0:
+            return None
+        var = sum((r - mean) ** 2 for r in rates) / (len(rates) - 1)
+        return math.sqrt(var) / mean
+
+    def note_throttle(self, wall: float) -> None:
+        if self.first_throttle_wall is None:
+            self.first_throttle_wall = wall
+
+    def time_to_first_throttle(self, now_wall: float) -> tuple[float, bool]:
+        """(seconds, throttled): time to the first throttle, or time so far without one."""
+        if self.first_throttle_wall is not None:
+            return max(0.0, self.first_throttle_wall - self.phase_started_wall), True
+        return max(0.0, now_wall - self.phase_started_wall), False
+
+    def add_energy(self, joules: float | None) -> None:
+        if joules is not None and joules >= 0:
+            self.energy_joules += joules
+            self.energy_known = True
+
+    def flop_per_joule(self) -> float | None:
+        if not self.energy_known or self.energy_joules <= 0:
+            return None
+        return self.flop / self.energy_joules
+
+
+def system_energy(components: dict[str, float]) -> float | None:
+    """Whole-system joules from per-component energy, without counting a rail twice.
+
+    powermetrics' `combined` is CPU+GPU+ANE; Monterey's `package` already includes DRAM;
+    on Linux the RAPL package/dram zones and NVML's per-GPU counters (gpu0, gpu1...) add up.
+    """
+    if not components:
+        return None
+    if "combined" in components:
+        return components["combined"]
+    if "cpu" in components and "package" in components:  # powermetrics on Monterey
+        return components["package"]
+    linux = [v for k, v in components.items()
+             if k.startswith(("package", "dram", "psys")) or (k.startswith("gpu") and k[3:].isdigit())]
+    if linux:
+        return sum(linux)
+    apple = [components[k] for k in ("cpu", "gpu", "ane") if k in components]
+    return sum(apple) if apple else None
