@@ -10,6 +10,7 @@ import time
 from typing import Any, TextIO
 
 from daemon.cli import UsageError
+from daemon.commands import coreml_overhead
 from workloads.backends import PRECISIONS, parse_backends
 from workloads.host import host_info
 from workloads.phases import PHASE_NAMES, PROFILES, get_profile
@@ -156,10 +157,15 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     rows = summarize(results)
+    overhead = coreml_overhead.overhead_for_backends(plan.backends)  # None without Core ML
     if args.json:
         document = {"host": host_info(), "profile": plan.profile.name, "results": rows}
+        if overhead is not None:
+            document["coreml_conversion_overhead"] = overhead
         json.dump(document, sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
     else:
         print(render_table(rows))
+        if overhead is not None:
+            print("\n" + coreml_overhead.render_for_once(overhead))
     return 0

@@ -1,0 +1,481 @@
+"""The Core ML backends: probe, precision rules, the macOS prediction path with a stand-in
+model (buffer reuse, timing, reference check), MLComputePlan placement and the fallbacks.
+
+Core ML prediction and MLComputePlan need macOS; here the compile and load steps are
+replaced by stand-ins (the conversion and the cache are real), so everything around the
+predict() call runs as it would on a Mac.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from workloads.backends import coreml_backend, fallback_chain, get_backend
+from workloads.backends.base import Availability, BackendFailure
+from workloads.backends.coreml_backend import (
+    BACKEND_COMPUTE_UNITS,
+    CoreMLBackend,
+    CoreMLWorkload,
+    check_compute_units,
+    compute_plan_placement,
+    summarize_compute_plan,
+)
+from workloads.phases import PhaseSpec, build, get_profile
+from workloads.reference import TOLERANCE, compute_reference
+from workloads.rotation import RotationPlan, RotationRunner
+from workloads.timing import SyncClock
+from workloads.worker import SliceRequest, measure
+
+pytest.importorskip("coremltools")
+
+CI = get_profile("ci")
+STEP_SLEEP_S = 0.002
+
+
+@pytest.fixture(scope="session")
+def cache_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SOAKD_CACHE_DIR for the session, so each phase converts once."""
+    return tmp_path_factory.mktemp("soakd-cache")
+
+
+@pytest.fixture
+def cache(cache_base: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SOAKD_CACHE_DIR", str(cache_base))
+    return cache_base
+
+
+class TorchStandIn:
+    """A stand-in for CompiledMLModel: runs the phase's torch model on the given arrays.
+
+    Records what it was handed, so a test can check that the same buffers come back every
+    step, and sleeps a little so that step timing has something to measure.
+    """
+
+    def __init__(self, spec: PhaseSpec, seed: int, sleep_s: float = STEP_SLEEP_S,
+                 broken: bool = False) -> None:
+        self.model, _ = build(spec, seed)
+        self.sleep_s = sleep_s
+        self.broken = broken
+        self.calls = 0
+        self.dict_ids: set[int] = set()
+        self.array_ids: set[tuple[str, int]] = set()
+        self.snapshots: list[dict[str, np.ndarray]] = []
+
+    def predict(self, data: dict[str, Any]) -> dict[str, Any]:
+        # coremltools' binding wraps float32/float64/int32 arrays without a copy and replaces
+        # float16 ones in the dict with float32 copies: the buffers must already be float32.
+        for array in data.values():
+            assert isinstance(array, np.ndarray) and array.dtype == np.float32
+        self.calls += 1
+        self.dict_ids.add(id(data))
+        self.array_ids.update((name, id(array)) for name, array in data.items())
+        if self.calls == 1:
+            self.snapshots.append({k: v.copy() for k, v in data.items()})
+        time.sleep(self.sleep_s)
+        # Like a float16 model: inputs rounded to float16 inside Core ML, the float16 output
+        # returned to Python as a float32 copy.
+        rounded = (torch.from_numpy(a.astype(np.float16).astype(np.float32)) for a in data.values())
+        with torch.inference_mode():
+            out = self.model(*rounded)
+        array = out.numpy().astype(np.float16).astype(np.float32)
+        if self.broken:
+            array = np.zeros_like(array)
+        return {"output": array}
+
+
+@dataclass
+class StandIns:
+    compiles: list[Path] = field(default_factory=list)
+    loads: list[tuple[Path, str]] = field(default_factory=list)
+    predictors: list[TorchStandIn] = field(default_factory=list)
+    broken: bool = False
+
+    def compile(self, package: Path, destination: Path) -> None:
+        self.compiles.append(destination)
+        shutil.copytree(package, destination)
+
+    def loader(self, spec: PhaseSpec) -> Any:
+        def load(path: Path, units: str) -> TorchStandIn:
+            assert path.name == "model.mlmodelc" and path.is_dir()
+            self.loads.append((path, units))
+            predictor = TorchStandIn(spec, 0, broken=self.broken)
+            self.predictors.append(predictor)
+            return predictor
+
+        return load
+
+
+@pytest.fixture
+def on_a_mac(monkeypatch: pytest.MonkeyPatch, cache: Path) -> StandIns:
+    """Pretend the Core ML runtime is here; compile and load are stand-ins."""
+    fakes = StandIns()
+    monkeypatch.setattr(coreml_backend, "runtime_availability", lambda: Availability.yes())
+    monkeypatch.setattr(coreml_backend, "compile_package", fakes.compile)
+
+    def load(path: Path, units: str) -> TorchStandIn:
+        spec = CI.spec(path.parent.name.split("-")[0])
+        return fakes.loader(spec)(path, units)
+
+    monkeypatch.setattr(coreml_backend, "load_compiled_model", load)
+    return fakes
+
+
+# --- probe, names, precision -------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="the Linux answer")
+@pytest.mark.parametrize("name", list(BACKEND_COMPUTE_UNITS))
+def test_probe_says_core_ml_needs_macos(name: str) -> None:
+    availability = get_backend(name).available()
+    assert not availability.ok
+    assert availability.reason == f"Core ML prediction needs macOS (this is {__import__('platform').system()})"
+    with pytest.raises(BackendFailure) as caught:
+        get_backend(name).prepare(CI.spec("matmul"), "fp16", 0)
+    assert caught.value.reason == "unavailable"
+
+
+def test_backends_map_to_compute_units() -> None:
+    assert {name: get_backend(name).compute_units  # type: ignore[attr-defined]
+            for name in BACKEND_COMPUTE_UNITS} == {
+        "coreml-ane": "CPU_AND_NE", "coreml-gpu": "CPU_AND_GPU",
+        "coreml-cpu": "CPU_ONLY", "coreml-all": "ALL",
+    }
+    assert fallback_chain("coreml-ane") == ["coreml-ane", "mps", "cpu"]
+
+
+def test_unknown_compute_unit_name_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"unknown Core ML compute unit 'CPU_AND_NPU' "
+                                         r"\(choose from CPU_ONLY, CPU_AND_GPU, CPU_AND_NE, ALL\)"):
+        check_compute_units("CPU_AND_NPU")
+    with pytest.raises(ValueError, match="unknown Core ML backend 'coreml-npu'"):
+        CoreMLBackend("coreml-npu")
+
+
+@pytest.mark.parametrize("name", list(BACKEND_COMPUTE_UNITS))
+def test_precision_rules(name: str) -> None:
+    backend = CoreMLBackend(name)
+    assert backend.supports("fp16").ok
+    bf16 = backend.supports("bf16")
+    assert not bf16.ok and "bf16" in bf16.reason
+    fp32 = backend.supports("fp32")
+    if name == "coreml-ane":
+        assert not fp32.ok
+        assert "an FP32 model on CPU_AND_NE silently runs on the CPU" in fp32.reason
+    else:
+        assert fp32.ok
+
+
+def test_importing_the_backend_does_not_import_coremltools() -> None:
+    code = ("import sys, workloads.backends.coreml_backend, workloads.coreml_convert, "
+            "workloads.coreml_overhead; print('coremltools' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "False"
+
+
+# --- the prediction path with a stand-in model ---------------------------------------------
+
+
+def test_prepare_reports_cache_compile_load_and_placement(on_a_mac: StandIns) -> None:
+    spec = CI.spec("conv")
+    backend = CoreMLBackend("coreml-ane")
+
+    first = backend.prepare(spec, "fp16", 0)
+    assert isinstance(first, CoreMLWorkload)
+    info = first.info
+    assert info["compute_units"] == "CPU_AND_NE"
+    assert info["model_precision"] == "fp16" and info["io_dtype"] == "float16"
+    assert info["input_buffer_dtype"] == "float32"
+    assert info["cache_hit"] is False and info["conversion_seconds"] > 0
+    assert info["compiled_now"] is True and info["compile_seconds"] >= 0
+    assert info["cold_compile"] is True and "cold_compile_load_seconds" in info
+    assert info["load_seconds"] >= 0
+    assert info["compute_plan"] == "unknown"
+    assert "MLComputePlan needs macOS 14.4+" in info["compute_plan_reason"]
+    assert "ANE" not in first.device_label and "placement unknown" in first.device_label
+    assert on_a_mac.loads == [(Path(info["compiled_model_path"]), "CPU_AND_NE")]
+    first.close()
+
+    second = backend.prepare(spec, "fp16", 0)  # the next slice: a new worker, same cache
+    info2 = second.info
+    assert info2["cache_hit"] is True and info2["conversion_seconds"] is None
+    assert info2["cached_conversion_seconds"] == pytest.approx(info["conversion_seconds"])
+    assert info2["compiled_now"] is False and info2["compile_seconds"] == 0.0
+    assert info2["cold_compile"] is False and "warm_load_seconds" in info2
+    assert info2["compiled_model_path"] == info["compiled_model_path"]  # the fixed path
+    assert len(on_a_mac.compiles) == 1
+
+    # Other compute units on the same compiled path: their first load is cold again.
+    third = CoreMLBackend("coreml-gpu").prepare(spec, "fp16", 0)
+    assert third.info["cold_compile"] is True and third.info["compute_units"] == "CPU_AND_GPU"
+    assert len(on_a_mac.compiles) == 1
+
+
+def test_steps_reuse_buffers_are_timed_and_checked_against_the_reference(
+        on_a_mac: StandIns) -> None:
+    spec = CI.spec("attention")
+    workload = CoreMLBackend("coreml-ane").prepare(spec, "fp16", 0)
+    assert isinstance(workload, CoreMLWorkload)
+    assert isinstance(workload.clock, SyncClock)
+    reference = compute_reference(spec, 0)
+    events: list[dict[str, Any]] = []
+    # One timed segment (a long flush interval), so the checks fall on known steps.
+    request = SliceRequest(spec=spec, backend="coreml-ane", precision="fp16", duration_s=None,
+                           max_steps=6, warmup_steps=2, check_every=3, flush_interval_s=600.0)
+    measure(workload, request, events.append, reference=reference)
+
+    predictor = on_a_mac.predictors[-1]
+    steps = [e for e in events if e["type"] == "steps"]
+    durations = [d for e in steps for d in e["durations"]]
+    assert len(durations) == 6
+    assert all(d >= STEP_SLEEP_S for d in durations)
+    # Every predict got the same dict and the same arrays, never rewritten between steps.
+    assert predictor.calls == 2 + 6
+    assert len(predictor.dict_ids) == 1
+    assert len(predictor.array_ids) == len(spec.input_shapes())
+    for name, array in workload.inputs.items():
+        assert array.flags["C_CONTIGUOUS"] and array.dtype == np.float32
+        assert array.shape == spec.input_shapes()[name]
+        np.testing.assert_array_equal(array, predictor.snapshots[0][name])
+    # The reference check ran on the warm-up output, then after the segment (6 >= 3 steps
+    # since the last check), and passed.
+    checks = [e for e in events if e["type"] == "check"]
+    assert [c["step"] for c in checks] == [0, 6]
+    assert all(c["ok"] and c["tolerance"] == TOLERANCE["fp16"] for c in checks)
+    assert all(0 < c["relative_error"] < 1e-2 for c in checks)
+    done = events[-1]
+    assert done["type"] == "done" and done["steps"] == 6
+
+
+def test_wrong_outputs_are_counted_as_mismatches(on_a_mac: StandIns) -> None:
+    on_a_mac.broken = True
+    spec = CI.spec("matmul")
+    workload = CoreMLBackend("coreml-cpu").prepare(spec, "fp16", 0)
+    events: list[dict[str, Any]] = []
+    request = SliceRequest(spec=spec, backend="coreml-cpu", precision="fp16", duration_s=None,
+                           max_steps=2, warmup_steps=1, check_every=1)
+    measure(workload, request, events.append, reference=compute_reference(spec, 0))
+    checks = [e for e in events if e["type"] == "check"]
+    assert checks and not any(c["ok"] for c in checks)
+
+
+def test_output_sample_is_float64_sample_zero_by_output_name() -> None:
+    class Two:
+        def predict(self, data: dict[str, Any]) -> dict[str, Any]:
+            return {"aux": np.zeros((3, 2)), "output": np.arange(12, dtype=np.float16).reshape(3, 4)}
+
+    workload = CoreMLWorkload(backend="coreml-cpu", device_label="x", precision="fp16",
+                              clock=SyncClock(lambda: None), predictor=Two(),
+                              inputs={"x": np.zeros(1)}, output_name="output")
+    sample = workload.output_sample()
+    assert sample.dtype == torch.float64 and tuple(sample.shape) == (1, 4)
+    assert sample.tolist() == [[0.0, 1.0, 2.0, 3.0]]
+
+    workload.output_name = "missing"
+    with pytest.raises(BackendFailure) as caught:
+        workload.step()
+    assert caught.value.reason == "runtime_error" and "'missing'" in caught.value.detail
+    workload.close()
+    assert workload.predictor is None and workload.inputs == {}
+
+
+def test_a_load_failure_is_a_recorded_failure(on_a_mac: StandIns,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(path: Path, units: str) -> Any:
+        raise RuntimeError("Error computing NN outputs")
+
+    monkeypatch.setattr(coreml_backend, "load_compiled_model", refuse)
+    with pytest.raises(BackendFailure) as caught:
+        CoreMLBackend("coreml-all").prepare(CI.spec("matmul"), "fp16", 0)
+    assert caught.value.reason == "runtime_error"
+    assert "with ALL failed" in caught.value.detail and "Error computing" in caught.value.detail
+
+
+# --- MLComputePlan -----------------------------------------------------------------------
+
+
+class MLNeuralEngineComputeDevice:
+    pass
+
+
+class MLGPUComputeDevice:
+    pass
+
+
+class MLCPUComputeDevice:
+    pass
+
+
+@dataclass
+class Op:
+    device: Any
+    weight: float | None
+    blocks: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class Block:
+    operations: list[Op]
+
+
+@dataclass
+class Usage:
+    preferred_compute_device: Any
+    supported_compute_devices: list[Any]
+
+
+@dataclass
+class Cost:
+    weight: float
+
+
+class FakePlan:
+    """The shape of coremltools.models.compute_plan.MLComputePlan, with made-up costs."""
+
+    def __init__(self, block: Block, program: bool = True) -> None:
+        main = type("Function", (), {"block": block})()
+        self.model_structure = type("Structure", (), {
+            "program": type("Program", (), {"functions": {"main": main}})() if program else None,
+        })()
+
+    def get_compute_device_usage_for_mlprogram_operation(self, op: Op) -> Usage | None:
+        return None if op.device is None else Usage(op.device, [op.device])
+
+    def get_estimated_cost_for_mlprogram_operation(self, op: Op) -> Cost | None:
+        return None if op.weight is None else Cost(op.weight)
+
+
+def test_compute_plan_costs_are_summed_by_preferred_device() -> None:
+    ane, gpu, cpu = MLNeuralEngineComputeDevice(), MLGPUComputeDevice(), MLCPUComputeDevice()
+    inner = Block([Op(ane, 0.1), Op(cpu, 0.05)])
+    plan = FakePlan(Block([
+        Op(None, None),  # a const: no device usage, no cost
+        Op(ane, 0.6),
+        Op(gpu, 0.1),
+        Op(cpu, 0.1, blocks=[inner]),
+        Op(None, 0.05),  # costed but unplaced
+    ]))
+    summary = summarize_compute_plan(plan)
+    assert summary["fractions"] == pytest.approx({"ane": 0.7, "gpu": 0.1, "cpu": 0.15})
+    assert summary["unattributed"] == pytest.approx(0.05)
+    assert summary["ops"] == {"ane": 2, "gpu": 1, "cpu": 2, "other": 0, "no_usage": 2}
+
+    with pytest.raises(ValueError, match="no ML Program"):
+        summarize_compute_plan(FakePlan(Block([]), program=False))
+    with pytest.raises(ValueError, match="no operation a cost"):
+        summarize_compute_plan(FakePlan(Block([Op(ane, None)])))
+
+
+def test_compute_plan_placement_where_it_exists(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    from coremltools.models.compute_plan import MLComputePlan
+
+    if sys.platform != "darwin":
+        assert compute_plan_placement(tmp_path, "CPU_AND_NE")["compute_plan"] == "unknown"
+    monkeypatch.setattr(coreml_backend, "_host_macos", lambda: (14, 2))
+    old = compute_plan_placement(tmp_path, "CPU_AND_NE")
+    assert old == {"compute_plan": "unknown",
+                   "compute_plan_reason": "MLComputePlan needs macOS 14.4+ (this is macOS 14.2)"}
+
+    monkeypatch.setattr(coreml_backend, "_host_macos", lambda: (14, 4))
+    seen: list[tuple[str, Any]] = []
+
+    def load(path: str, compute_units: Any) -> FakePlan:
+        seen.append((path, compute_units))
+        return FakePlan(Block([Op(MLNeuralEngineComputeDevice(), 0.75),
+                               Op(MLCPUComputeDevice(), 0.25)]))
+
+    monkeypatch.setattr(MLComputePlan, "load_from_path", staticmethod(load))
+    placed = compute_plan_placement(tmp_path, "CPU_AND_NE")
+    assert placed["compute_plan"] == pytest.approx({"ane": 0.75, "gpu": 0.0, "cpu": 0.25})
+    assert "estimate" in placed["compute_plan_source"]
+    assert seen[0][0] == str(tmp_path) and seen[0][1].name == "CPU_AND_NE"
+    label = coreml_backend.placement_label(placed)
+    assert label == "planned placement ane 75%, gpu 0%, cpu 25% (MLComputePlan estimate)"
+
+    def broken(path: str, compute_units: Any) -> Any:
+        raise ValueError("MLComputePlan is not supported.")
+
+    monkeypatch.setattr(MLComputePlan, "load_from_path", staticmethod(broken))
+    failed = compute_plan_placement(tmp_path, "CPU_AND_NE")
+    assert failed["compute_plan"] == "unknown"
+    assert "not supported" in failed["compute_plan_reason"]
+
+
+# --- fallback through the rotation --------------------------------------------------------
+
+
+def _rotate(backends: list[str], precision: str = "fp16", phase: str = "matmul") -> list[Any]:
+    plan = RotationPlan(profile=CI, backends=backends, phases=[phase], precisions=[precision],
+                        steps=2, cpu_baseline=False, in_process=True)
+    events: list[tuple[Any, dict[str, Any]]] = []
+    results = RotationRunner(plan, lambda context, event: events.append((context, event))).run()
+    return [results, events]
+
+
+def test_a_phase_that_fails_to_convert_falls_back(on_a_mac: StandIns, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from workloads import coreml_convert
+
+    monkeypatch.setenv("SOAKD_CACHE_DIR", str(tmp_path))  # nothing converted yet
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("PyTorch convert function for op 'frobnicate' not implemented.")
+
+    monkeypatch.setattr(coreml_convert, "convert_to_mlprogram", broken)
+    results, _ = _rotate(["coreml-ane"], phase="attention")
+    by_backend = {r.backend: r for r in results}
+    assert set(by_backend) == {"coreml-ane", "cpu"}
+    assert by_backend["coreml-ane"].failures == {"conversion_failed": 1}
+    assert by_backend["coreml-ane"].steps == 0
+    ran = by_backend["cpu"]
+    assert ran.steps == 2 and ran.requested_backend == "coreml-ane"
+    assert ran.fallback is not None and ran.fallback["reason"] == "conversion_failed"
+    assert "frobnicate" in ran.fallback["detail"]
+    assert [(h["from"], h["to"], h["reason"]) for h in ran.fallback["hops"]] == [
+        ("coreml-ane", "mps", "conversion_failed"), ("mps", "cpu", "unavailable")]
+    assert on_a_mac.loads == []
+    assert not (tmp_path / "coreml").exists() or not [
+        p for p in (tmp_path / "coreml").iterdir() if p.name.startswith("attention")]
+
+
+def test_an_unknown_compute_unit_name_falls_back(on_a_mac: StandIns,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(BACKEND_COMPUTE_UNITS, "coreml-ane", "NEURAL_ENGINE_ONLY")
+    results, _ = _rotate(["coreml-ane"])
+    ran = next(r for r in results if r.steps)
+    assert ran.backend == "cpu"
+    assert ran.fallback is not None and ran.fallback["reason"] == "unsupported_compute_units"
+    assert "unknown Core ML compute unit 'NEURAL_ENGINE_ONLY'" in ran.fallback["detail"]
+    assert on_a_mac.compiles == [] and on_a_mac.loads == []
+
+
+def test_fp32_on_the_neural_engine_falls_back_instead_of_running_on_the_cpu(
+        on_a_mac: StandIns) -> None:
+    results, _ = _rotate(["coreml-ane"], precision="fp32")
+    ran = next(r for r in results if r.steps)
+    assert ran.backend == "cpu" and ran.precision == "fp32"
+    assert ran.fallback is not None and ran.fallback["reason"] == "unsupported_precision"
+    assert "silently runs on the CPU" in ran.fallback["detail"]
+
+
+def test_a_rotation_runs_core_ml_end_to_end_with_the_stand_in(on_a_mac: StandIns) -> None:
+    results, events = _rotate(["coreml-gpu"], phase="conv")
+    (result,) = results
+    assert result.backend == "coreml-gpu" and result.fallback is None
+    assert result.steps == 2 and result.checks >= 1 and result.mismatches == 0
+    assert result.info["compute_units"] == "CPU_AND_GPU"
+    assert result.info["compute_plan"] == "unknown"
+    assert result.precision == "fp16" and result.info["model_precision"] == "fp16"
+    prepared = [e for _, e in events if e["type"] == "prepared"]
+    assert prepared and prepared[0]["device"].startswith("Core ML CPU_AND_GPU")

@@ -1,0 +1,377 @@
+"""Core ML backends: coreml-ane, coreml-gpu, coreml-cpu and coreml-all (macOS 13+).
+
+A phase is converted (or taken from the model cache, see `workloads.coreml_convert`),
+compiled to an `.mlmodelc` at a fixed cache path and loaded with
+`coremltools.models.CompiledMLModel(path, compute_units)`: Core ML keys its Neural Engine
+compile cache by that path, so only the first load of a path is a "cold compile".
+
+Which compute units a backend *allows* is not where the work *runs*: the name `coreml-ane`
+means CPU_AND_NE, nothing more. Where macOS 14.4+ provides `MLComputePlan`, the share of
+the model's estimated cost that Core ML places on the Neural Engine, GPU and CPU is
+reported; elsewhere placement is "unknown".
+
+Prediction goes through the tiny `Predictor` protocol (`predict(dict) -> dict`), which
+`CompiledMLModel` satisfies, so the bookkeeping around it runs on Linux with a stand-in.
+Importing this module never imports coremltools.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from workloads.backends.base import Availability, Backend, BackendFailure, PreparedWorkload
+from workloads.coreml_convert import (
+    DEPLOYMENT_TARGET,
+    CachedModel,
+    Compiler,
+    compile_package,
+    ensure_compiled,
+    ensure_model,
+    first_load,
+    record_load,
+)
+from workloads.phases import PhaseSpec, build
+from workloads.timing import SyncClock
+
+MIN_MACOS: tuple[int, int] = (13, 0)
+COMPUTE_PLAN_MACOS: tuple[int, int] = (14, 4)
+COMPUTE_UNIT_NAMES: tuple[str, ...] = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
+BACKEND_COMPUTE_UNITS: dict[str, str] = {
+    "coreml-ane": "CPU_AND_NE",
+    "coreml-gpu": "CPU_AND_GPU",
+    "coreml-cpu": "CPU_ONLY",
+    "coreml-all": "ALL",
+}
+FP32_ON_NE = ("an FP32 model on CPU_AND_NE silently runs on the CPU (the Neural Engine takes "
+              "FP16 only), so coreml-ane runs fp16; use coreml-cpu, coreml-gpu or coreml-all "
+              "for fp32")
+INPUT_COPY_NOTE = (
+    "inputs are float32 numpy buffers built once and passed to every predict(); coremltools "
+    "wraps float32 arrays as MLMultiArrays without a copy (it cannot pass float16 arrays: it "
+    "would replace them with float32 copies first), Core ML converts them to the model's "
+    "float16 inputs inside predict(), and float16 outputs come back as float32 copies; all "
+    "of it counts in the step time"
+)
+# What coremltools' binding wraps without a copy (PybindCompatibleArray: float32, float64,
+# int32); the buffers are float32 whatever the model's input dtype.
+INPUT_BUFFER_DTYPE = "float32"
+
+
+class Predictor(Protocol):
+    """What the workload needs of a loaded model; `CompiledMLModel` provides it."""
+
+    def predict(self, data: dict[str, Any]) -> dict[str, Any]: ...
+
+
+Loader = Callable[[Path, str], Predictor]
+
+
+def macos_version() -> tuple[int, ...]:
+    """(major, minor[, patch]) on macOS; () elsewhere."""
+    if sys.platform != "darwin":
+        return ()
+    text = platform.mac_ver()[0]
+    try:
+        return tuple(int(part) for part in text.split(".") if part)
+    except ValueError:
+        return ()
+
+
+def _fmt_version(version: tuple[int, ...]) -> str:
+    return ".".join(str(v) for v in version) or "unknown"
+
+
+@cache
+def runtime_availability() -> Availability:
+    """Whether Core ML prediction can run here, with the reason when it cannot."""
+    if sys.platform != "darwin":
+        return Availability.no(f"Core ML prediction needs macOS (this is {platform.system()})")
+    version = macos_version()
+    if version < MIN_MACOS:
+        return Availability.no(f"the Core ML backends need macOS 13 or later "
+                               f"(this is macOS {_fmt_version(version)})")
+    try:
+        import coremltools  # noqa: F401
+    except Exception as exc:
+        return Availability.no(f"coremltools does not import: {type(exc).__name__}: {exc}")
+    try:
+        from coremltools import libcoremlpython  # noqa: F401
+    except Exception as exc:
+        return Availability.no("coremltools' native Core ML runtime (libcoremlpython) does not "
+                               f"import: {type(exc).__name__}: {exc}")
+    return Availability.yes()
+
+
+def check_compute_units(name: str) -> str:
+    """The compute-unit name itself when Core ML knows it; ValueError naming the choices."""
+    if name not in COMPUTE_UNIT_NAMES:
+        raise ValueError(f"unknown Core ML compute unit {name!r} "
+                         f"(choose from {', '.join(COMPUTE_UNIT_NAMES)})")
+    return name
+
+
+def load_compiled_model(path: Path, compute_units: str) -> Predictor:
+    """Load an `.mlmodelc` with the given compute units (needs macOS)."""
+    import coremltools as ct
+    from coremltools.models import CompiledMLModel
+
+    units = ct.ComputeUnit[check_compute_units(compute_units)]
+    model: Predictor = CompiledMLModel(str(path), units)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# MLComputePlan: where Core ML plans to run each operation, weighted by its estimated cost.
+
+
+def _device_kind(device: Any) -> str:
+    """"ane" / "gpu" / "cpu" for a coremltools MLComputeDevice, "other" if unrecognised."""
+    name = type(device).__name__
+    if "NeuralEngine" in name:
+        return "ane"
+    if "GPU" in name:
+        return "gpu"
+    if "CPU" in name:
+        return "cpu"
+    return "other"
+
+
+def _operations(block: Any) -> Iterator[Any]:
+    for operation in block.operations:
+        yield operation
+        for inner in getattr(operation, "blocks", None) or ():
+            yield from _operations(inner)
+
+
+def summarize_compute_plan(plan: Any) -> dict[str, Any]:
+    """Sum each operation's estimated cost by its preferred device.
+
+    Returns {"fractions": {"ane", "gpu", "cpu"}, "ops": counts per device,
+    "unattributed": share of cost with no device usage}; fractions are of the total
+    estimated cost. Raises ValueError when the plan holds no ML Program.
+    """
+    program = plan.model_structure.program
+    if program is None:
+        raise ValueError("the compute plan holds no ML Program")
+    functions = program.functions
+    if "main" not in functions:
+        raise ValueError("the ML Program has no 'main' function")
+    weights = {"ane": 0.0, "gpu": 0.0, "cpu": 0.0, "other": 0.0}
+    ops = {"ane": 0, "gpu": 0, "cpu": 0, "other": 0, "no_usage": 0}
+    unattributed = 0.0
+    for operation in _operations(functions["main"].block):
+        usage = plan.get_compute_device_usage_for_mlprogram_operation(operation)
+        cost = plan.get_estimated_cost_for_mlprogram_operation(operation)
+        weight = float(cost.weight) if cost is not None else 0.0
+        if usage is None:
+            ops["no_usage"] += 1
+            unattributed += weight
+            continue
+        kind = _device_kind(usage.preferred_compute_device)
+        ops[kind] += 1
+        weights[kind] += weight
+    total = sum(weights.values()) + unattributed
+    if total <= 0:
+        raise ValueError("the compute plan gives no operation a cost")
+    return {
+        "fractions": {k: weights[k] / total for k in ("ane", "gpu", "cpu")},
+        "ops": ops,
+        "unattributed": (unattributed + weights["other"]) / total,
+    }
+
+
+def _host_macos() -> tuple[int, ...] | None:
+    """The macOS version here, or None when this is not macOS."""
+    return macos_version() if sys.platform == "darwin" else None
+
+
+def compute_plan_placement(path: Path, compute_units: str) -> dict[str, Any]:
+    """Info entries describing placement: `compute_plan` is fractions or "unknown" (+ reason)."""
+    version = _host_macos()
+    if version is None:
+        return {"compute_plan": "unknown",
+                "compute_plan_reason": f"MLComputePlan needs macOS 14.4+ "
+                                       f"(this is {platform.system()})"}
+    if version < COMPUTE_PLAN_MACOS:
+        return {"compute_plan": "unknown",
+                "compute_plan_reason": f"MLComputePlan needs macOS 14.4+ "
+                                       f"(this is macOS {_fmt_version(version)})"}
+    try:
+        import coremltools as ct
+        from coremltools.models.compute_plan import MLComputePlan
+    except Exception as exc:
+        return {"compute_plan": "unknown",
+                "compute_plan_reason": f"this coremltools has no MLComputePlan (needs 8.0+): {exc}"}
+    try:
+        plan = MLComputePlan.load_from_path(
+            path=str(path), compute_units=ct.ComputeUnit[check_compute_units(compute_units)])
+        summary = summarize_compute_plan(plan)
+    except Exception as exc:
+        return {"compute_plan": "unknown",
+                "compute_plan_reason": f"MLComputePlan failed: {type(exc).__name__}: {exc}"}
+    out: dict[str, Any] = {
+        "compute_plan": summary["fractions"],
+        "compute_plan_ops": summary["ops"],
+        "compute_plan_source": "MLComputePlan estimated cost per op, by preferred device "
+                               "(an estimate, not a measurement)",
+    }
+    if summary["unattributed"] > 0:
+        out["compute_plan_unattributed"] = summary["unattributed"]
+    return out
+
+
+def placement_label(info: dict[str, Any]) -> str:
+    plan = info.get("compute_plan")
+    if isinstance(plan, dict):
+        shares = ", ".join(f"{k} {100 * float(v):.0f}%" for k, v in plan.items())
+        return f"planned placement {shares} (MLComputePlan estimate)"
+    return "placement unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CoreMLWorkload(PreparedWorkload):
+    """One compiled Core ML model and its fixed input buffers; a step is one synchronous predict."""
+
+    predictor: Predictor | None = None
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    output_name: str = "output"
+    last_output: np.ndarray | None = None
+    predictions: int = 0
+
+    def step(self) -> None:
+        assert self.predictor is not None, "workload is closed"
+        outputs = self.predictor.predict(self.inputs)
+        try:
+            self.last_output = outputs[self.output_name]
+        except KeyError:
+            raise BackendFailure("runtime_error", f"the model returned {sorted(outputs)}, "
+                                                  f"not {self.output_name!r}") from None
+        self.predictions += 1
+
+    def output_sample(self) -> torch.Tensor:
+        if self.last_output is None:
+            self.step()
+        assert self.last_output is not None
+        sample = np.array(np.asarray(self.last_output)[:1], dtype=np.float64)
+        return torch.from_numpy(sample)
+
+    def close(self) -> None:
+        self.predictor = None
+        self.inputs = {}
+        self.last_output = None
+
+
+def input_buffers(spec: PhaseSpec, seed: int) -> dict[str, np.ndarray]:
+    """The phase's fixed inputs (the ones the reference uses) as contiguous float32 buffers."""
+    _, inputs = build(spec, seed)
+    return {name: np.ascontiguousarray(t.numpy(), dtype=np.dtype(INPUT_BUFFER_DTYPE))
+            for name, t in inputs.items()}
+
+
+class CoreMLBackend(Backend):
+    """Core ML with one set of compute units; `name` is one of BACKEND_COMPUTE_UNITS."""
+
+    def __init__(self, name: str, compute_units: str | None = None) -> None:
+        if compute_units is None and name not in BACKEND_COMPUTE_UNITS:
+            raise ValueError(f"unknown Core ML backend {name!r} "
+                             f"(choose from {', '.join(BACKEND_COMPUTE_UNITS)})")
+        self.name = name
+        # Checked in prepare(), so a bad name is a recorded failure with a fallback.
+        self.compute_units = compute_units or BACKEND_COMPUTE_UNITS[name]
+
+    def available(self) -> Availability:
+        return runtime_availability()
+
+    def supports(self, precision: str) -> Availability:
+        if precision == "bf16":
+            return Availability.no("Core ML has no bf16 compute precision (fp16 or fp32 only)")
+        if precision not in ("fp16", "fp32"):
+            return Availability.no(f"{self.name} does not run {precision}")
+        if precision == "fp32" and self.compute_units == "CPU_AND_NE":
+            return Availability.no(FP32_ON_NE)
+        return Availability.yes()
+
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int) -> PreparedWorkload:
+        availability = self.available()
+        if not availability.ok:
+            raise BackendFailure("unavailable", availability.reason)
+        return self.prepare_with(spec, precision, seed)
+
+    def prepare_with(self, spec: PhaseSpec, precision: str, seed: int,
+                     compiler: Compiler | None = None,
+                     loader: Loader | None = None) -> CoreMLWorkload:
+        """prepare() past the platform probe; `compiler`/`loader` replace Core ML in tests."""
+        supported = self.supports(precision)
+        if not supported.ok:
+            raise BackendFailure("unsupported_precision", supported.reason)
+        try:
+            units = check_compute_units(self.compute_units)
+        except ValueError as exc:
+            raise BackendFailure("unsupported_compute_units", f"{self.name}: {exc}") from None
+        model = ensure_model(spec, precision, seed)
+        compiled = ensure_compiled(model, compiler or compile_package)
+        cold = compiled.compiled_now or first_load(compiled.path, units)
+        t0 = time.perf_counter()
+        try:
+            predictor: Predictor = (loader or load_compiled_model)(compiled.path, units)
+        except Exception as exc:
+            raise BackendFailure("runtime_error",
+                                 f"loading {compiled.path.name} with {units} failed: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        load_seconds = time.perf_counter() - t0
+        record_load(compiled.path, units, load_seconds)
+        info = self._info(model, compiled.path, compiled.compile_seconds, compiled.compiled_now,
+                          load_seconds, cold)
+        info.update(compute_plan_placement(compiled.path, units))
+        return CoreMLWorkload(
+            backend=self.name,
+            device_label=f"Core ML {units} (macOS {_fmt_version(macos_version())}; "
+                         f"{placement_label(info)})",
+            precision=precision,
+            clock=SyncClock(lambda: None),  # predict() returns when its outputs are ready
+            info=info,
+            predictor=predictor,
+            inputs=input_buffers(spec, seed),
+            output_name=model.output_name,
+        )
+
+    def _info(self, model: CachedModel, compiled: Path, compile_seconds: float,
+              compiled_now: bool, load_seconds: float, cold: bool) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "compute_units": self.compute_units,
+            "model_precision": model.precision,
+            "io_dtype": model.io_dtype,  # the model's inputs and outputs
+            "input_buffer_dtype": INPUT_BUFFER_DTYPE,  # what predict() is handed
+            "deployment_target": DEPLOYMENT_TARGET,
+            "model_cache_entry": str(model.path),
+            "compiled_model_path": str(compiled),
+            "cache_hit": model.cache_hit,
+            "conversion_seconds": model.conversion_seconds,
+            "cached_conversion_seconds": model.original_conversion_seconds,
+            "compile_seconds": compile_seconds,
+            "compiled_now": compiled_now,
+            "load_seconds": load_seconds,
+            "cold_compile": cold,
+            "cold_compile_basis": "first load of this .mlmodelc path with these compute units "
+                                  "recorded in the soakd cache (Core ML's own compile cache "
+                                  "is not visible; it may have been evicted)",
+            "input_copy": INPUT_COPY_NOTE,
+        }
+        # Separate keys, so that merging later slices' info does not hide the cold load.
+        info["cold_compile_load_seconds" if cold else "warm_load_seconds"] = load_seconds
+        if model.rebuilt_reason:
+            info["cache_rebuilt_reason"] = model.rebuilt_reason
+        return info
