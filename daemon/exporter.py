@@ -7,6 +7,7 @@ snapshot at scrape time, so a scrape never touches hardware.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -75,6 +76,7 @@ class WorkloadMetrics:
         self.micro_flops = i("soakd_micro_flop_per_second")
         self.micro_bytes = i("soakd_micro_bytes_per_second")
         self.trackers: dict[Key, StabilityTracker] = {}
+        self.active_keys: set[Key] = set()
         self.worker_memory: dict[str, int] = {}
         for result in ("completed", "stopped", "failed", "skipped"):
             self.rotations.labels(result=result)  # exported as 0 from the start
@@ -94,9 +96,8 @@ class WorkloadMetrics:
     def note_throttle(self) -> None:
         """A throttle event happened now: every active key's first throttle is now (if none yet)."""
         with self._lock:
-            for key, tracker in self.trackers.items():
-                if self.active.labels(*key)._value.get() == 1:
-                    tracker.note_throttle(self._now())
+            for key in self.active_keys:
+                self.tracker(key).note_throttle(self._now())
 
     def add_slice_energy(self, key: Key, components: dict[str, float]) -> None:
         with self._lock:
@@ -114,9 +115,11 @@ class WorkloadMetrics:
         with self._lock:
             if kind == "slice_start":
                 self.active.labels(*labels).set(1)
+                self.active_keys.add(key)
                 self.tracker(key)
             elif kind == "slice_end":
                 self.active.labels(*labels).set(0)
+                self.active_keys.discard(key)
             elif kind == "prepared":
                 self.prepare.labels(*labels).set(float(event.get("prepare_seconds", 0.0)))
             elif kind == "warmup":
@@ -132,7 +135,7 @@ class WorkloadMetrics:
                 else:
                     self.mismatches.labels(*labels)  # present as 0
             elif kind == "failure":
-                self.failures.labels(*labels, reason=str(event["reason"])).inc()
+                self.failures.labels(*labels, str(event["reason"])).inc()
             elif kind == "fallback":
                 self.fallbacks.labels(phase=key[0], backend=str(event["from"]),
                                       to_backend=str(event["to"]) or "none",
@@ -155,7 +158,11 @@ class WorkloadMetrics:
             if value is not None:
                 gauge.labels(*key).set(value)
         seconds, throttled = tracker.time_to_first_throttle(self._now())
-        self.first_throttle.labels(*key, throttled="true" if throttled else "false").set(seconds)
+        # the other series goes away once the phase has throttled
+        self.first_throttle.labels(*key, "true" if throttled else "false").set(seconds)
+        if throttled:
+            with contextlib.suppress(KeyError):
+                self.first_throttle.remove(*key, "false")
         memory = event.get("memory") or {}
         self.worker_memory = {("worker_rss" if k == "rss" else k): int(v) for k, v in memory.items()
                               if k in ("rss", "device_allocated", "device_reserved",
@@ -173,8 +180,9 @@ class WorkloadMetrics:
             self.rotation_duration.observe(seconds)
         self.last_rotation_end.set(self._now())
         with self._lock:
-            for key in list(self.trackers):
+            for key in self.active_keys:
                 self.active.labels(*key).set(0)
+            self.active_keys.clear()
 
     def micro_results(self, rows: list[dict[str, Any]]) -> None:
         self.micro_runs.inc()

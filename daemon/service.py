@@ -376,7 +376,13 @@ class Service:
         self._phase_key = None
 
     def _on_event(self, context: SliceContext, event: dict[str, Any]) -> None:
-        """Called for every worker event (on the executor thread)."""
+        """Called for every worker event (on the executor thread); a bug here never ends a rotation."""
+        try:
+            self._record_event(context, event)
+        except Exception:
+            self.log.exception("event_handling_failed", event_type=event.get("type"))
+
+    def _record_event(self, context: SliceContext, event: dict[str, Any]) -> None:
         key = (context.phase, context.backend, context.precision)
         kind = event.get("type")
         if (context.phase, context.precision) != self._phase_key and kind == "slice_start":
