@@ -52,7 +52,7 @@ class Config:
     misfire_grace_seconds: float = 3600.0
     backends: str = "auto"
     phases: tuple[str, ...] = ("matmul", "conv", "attention")
-    precisions: tuple[str, ...] = ("fp32",)
+    precisions: tuple[str, ...] = ("auto",)  # fp16 when a Core ML backend is compared
     mode: str = "alternate"
     cpu_baseline: bool = True
     seed: int = 0
@@ -189,8 +189,8 @@ def _precisions(key: str, value: Any) -> tuple[str, ...]:
 
     items = _list(key, value)
     for item in items:
-        if item not in PRECISIONS:
-            raise ConfigError(key, value, f"unknown precision {item!r} (choose from {', '.join(PRECISIONS)})")
+        if item != "auto" and item not in PRECISIONS:
+            raise ConfigError(key, value, f"unknown precision {item!r} (choose from {', '.join(PRECISIONS)}, auto)")
     return items
 
 

@@ -43,7 +43,8 @@ METRICS: tuple[MetricDef, ...] = (
               "Recent throughput (last 60 s) over the throughput in the phase's first minute "
               "after warm-up (0-1 when it sags)."),
     MetricDef("soakd_throughput_variation_ratio", "gauge", WORKLOAD,
-              "Rolling coefficient of variation (stddev/mean) of per-second throughput, last 60 s."),
+              "Rolling coefficient of variation (stddev/mean) of throughput over ~0.25 s segments, "
+              "last 60 s of measured time."),
     MetricDef("soakd_time_to_first_throttle_seconds", "gauge", (*WORKLOAD, "throttled"),
               "Seconds from the phase's start to its first throttle event (throttled=true), or "
               "seconds run so far without one (throttled=false, a lower bound)."),
@@ -78,7 +79,7 @@ METRICS: tuple[MetricDef, ...] = (
               "How long the source's last read took."),
     # Daemon.
     MetricDef("soakd_rotations_total", "counter", ("result",),
-              "Rotations finished, by result: completed, stopped, failed."),
+              "Rotations finished, by result: completed, stopped, failed, skipped."),
     MetricDef("soakd_rotation_duration_seconds", "histogram", (), "Wall time of a rotation."),
     MetricDef("soakd_rotation_active", "gauge", (), "1 while a rotation runs."),
     MetricDef("soakd_last_rotation_end_timestamp_seconds", "gauge", (),

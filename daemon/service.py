@@ -32,7 +32,7 @@ from daemon.journal import Journal
 from daemon.log import get_logger
 from daemon.sampler import Sampler, Snapshot, default_sources
 from daemon.stability import system_energy
-from workloads.backends import parse_backends
+from workloads.backends import parse_backends, parse_precisions
 from workloads.host import host_info
 from workloads.phases import get_profile
 from workloads.rotation import RotationPlan, RotationRunner, SliceContext
@@ -335,10 +335,12 @@ class Service:
 
     def _plan(self) -> RotationPlan:
         config = self.config
+        backends = parse_backends(config.backends)
         return RotationPlan(
             profile=get_profile(config.profile, config.profile_overrides),
-            backends=parse_backends(config.backends), phases=list(config.phases),
-            precisions=list(config.precisions), mode=config.mode,  # type: ignore[arg-type]
+            backends=backends, phases=list(config.phases),
+            precisions=parse_precisions(",".join(config.precisions), backends),
+            mode=config.mode,  # type: ignore[arg-type]
             seed=config.seed, cpu_baseline=config.cpu_baseline)
 
     def run_rotation(self, trigger: str) -> None:

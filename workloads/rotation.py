@@ -164,6 +164,8 @@ class RotationRunner:
 
     def _run_lane_slice(self, phase: str, precision: str, lane: _Lane) -> None:
         profile = self.plan.profile
+        if lane.baseline:  # the CPU baseline is always fp32: CPU half precision is not a baseline
+            precision = "fp32"
         while lane.current is not None and not self.stop.is_set():
             backend_name = lane.current
             context = SliceContext(phase, lane.requested, backend_name, precision, lane.baseline)
@@ -187,7 +189,7 @@ class RotationRunner:
             duration = profile.cpu_baseline_seconds if lane.baseline else profile.slice_seconds
             request = SliceRequest(
                 spec=profile.spec(phase), backend=backend_name,
-                precision="fp32" if lane.baseline else precision, seed=self.plan.seed,
+                precision=precision, seed=self.plan.seed,
                 duration_s=None if self.plan.steps is not None else duration,
                 max_steps=self.plan.steps,
                 warmup_steps=1 if lane.baseline else profile.warmup_steps,
@@ -216,8 +218,9 @@ def speedups(results: list[PhaseResult]) -> dict[int, float | None]:
     out: dict[int, float | None] = {}
     for i, result in enumerate(results):
         cpu = [r for r in results if r.phase == result.phase and r.backend == "cpu" and r.steps]
-        same = [r for r in cpu if r.precision == result.precision] or cpu
-        base = same[0].steps_per_second if same else 0.0
+        # the CPU baseline first, then a CPU run of the same precision, then any CPU run
+        cpu.sort(key=lambda r: (not r.baseline, r.precision != result.precision))
+        base = cpu[0].steps_per_second if cpu else 0.0
         out[i] = result.steps_per_second / base if base > 0 and result.steps else None
     return out
 

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from daemon.cli import UsageError
 from daemon.commands import coreml_overhead
-from workloads.backends import PRECISIONS, parse_backends
+from workloads.backends import parse_backends, parse_precisions
 from workloads.host import host_info
 from workloads.phases import PHASE_NAMES, PROFILES, get_profile
 from workloads.rotation import MODES, RotationPlan, SliceContext, run_rotation, summarize
@@ -32,8 +32,9 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma list of backends or 'auto' (default: auto)")
     parser.add_argument("--phases", default=",".join(PHASE_NAMES),
                         help=f"comma list of phases (default: {','.join(PHASE_NAMES)})")
-    parser.add_argument("--precision", default="fp32",
-                        help="comma list of fp32, fp16, bf16 (default: fp32)")
+    parser.add_argument("--precision", default="auto",
+                        help="comma list of fp32, fp16, bf16 or auto: fp16 when a Core ML backend is "
+                             "compared, else fp32 (default: auto)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--duration", type=float, metavar="SECONDS",
                        help="seconds per phase (overrides the profile)")
@@ -71,13 +72,14 @@ def plan_from_args(args: argparse.Namespace) -> RotationPlan:
     try:
         profile = get_profile(args.profile, overrides)
         backends = parse_backends(args.backends)
+        parse_precisions(args.precision, backends)
     except (KeyError, ValueError) as exc:
         raise UsageError(str(exc).strip("'\"")) from None
     return RotationPlan(
         profile=profile,
         backends=backends,
         phases=_comma_list(args.phases, PHASE_NAMES, "phase"),
-        precisions=_comma_list(args.precision, PRECISIONS, "precision"),
+        precisions=parse_precisions(args.precision, backends),
         mode=args.mode,
         steps=args.steps,
         cpu_baseline=not args.no_cpu_baseline,
