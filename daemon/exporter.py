@@ -170,8 +170,14 @@ class WorkloadMetrics:
 
     # --- rotations and micro-benchmarks -------------------------------------------------------
 
-    def rotation_started(self) -> None:
+    def rotation_started(self, keys: list[Key]) -> None:
+        """Create the planned series at 0, so the first scrape of a short phase already sees
+        the counters start from zero and rate()/increase() count its steps."""
         self.rotation_active.set(1)
+        with self._lock:
+            for key in keys:
+                for metric in (self.steps, self.flop, self.step_duration, self.checks, self.mismatches):
+                    metric.labels(*key)
 
     def rotation_finished(self, result: str, seconds: float) -> None:
         self.rotation_active.set(0)

@@ -357,7 +357,10 @@ class Service:
         plan = self._plan()
         started = time.monotonic()
         self._rotation_id = self.journal.start_rotation(plan.profile.name, trigger, ",".join(plan.backends))
-        self.metrics.rotation_started()
+        baseline = ["cpu"] if plan.cpu_baseline and "cpu" not in plan.backends else []
+        self.metrics.rotation_started([(phase, backend, precision) for phase in plan.phases
+                                       for backend in plan.backends for precision in plan.precisions]
+                                      + [(phase, "cpu", "fp32") for phase in plan.phases for _ in baseline])
         self.log.info("rotation_start", rotation=self._rotation_id, trigger=trigger,
                       profile=plan.profile.name, backends=plan.backends)
         result, detail = "completed", ""

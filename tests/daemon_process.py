@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("SOAKD_FIXTURES", REPO.parent / "shared" / "fixtures"))
 REPLAY = FIXTURES / "powermetrics" / "M1_plist_pumas_1.plist"  # has energy and thermal pressure
 
