@@ -79,7 +79,7 @@ class ConvSpec:
         return {"x": (self.batch, self.in_channels, self.size, self.size)}
 
     def output_shape(self) -> tuple[int, ...]:
-        cin, cout, _, size = self.layers()[-1]
+        _cin, cout, _, size = self.layers()[-1]
         return (self.batch, cout, size, size)
 
     def flop_per_step(self) -> int:
@@ -227,6 +227,12 @@ class Profile:
     warmup_steps: int
     check_every: int  # compare with the float64 reference every K steps
     cpu_baseline_seconds: float  # short CPU run per phase for "speedup vs CPU"
+
+    def __post_init__(self) -> None:
+        # Overrides are coerced to the type of the current value: keep durations floats even
+        # when written as ints (20 * 60), so that 1.5 s is accepted.
+        for name in ("phase_seconds", "slice_seconds", "cpu_baseline_seconds"):
+            object.__setattr__(self, name, float(getattr(self, name)))
 
     def spec(self, phase: str) -> PhaseSpec:
         if phase not in PHASE_NAMES:

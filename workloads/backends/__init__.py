@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import platform
 import sys
 
@@ -49,7 +51,26 @@ def get_backend(name: str) -> Backend:
         from workloads.backends import coreml_backend
 
         return coreml_backend.CoreMLBackend(name)
+    extra = _extra_backend(name)
+    if extra is not None:
+        return extra()
     raise ValueError(f"unknown backend {name!r} (choose from {', '.join(BACKEND_NAMES)}, auto)")
+
+
+# Test hook: extra backends by import path, "name=module:Class,...". Read from the environment at
+# each lookup so that a spawned worker (which inherits it) finds the same backends. Built-in
+# names are resolved first and cannot be replaced.
+EXTRA_BACKENDS_ENV = "SOAKD_EXTRA_BACKENDS"
+
+
+def _extra_backend(name: str) -> type[Backend] | None:
+    for entry in os.environ.get(EXTRA_BACKENDS_ENV, "").split(","):
+        key, _, target = entry.strip().partition("=")
+        if key == name and target:
+            module, _, attr = target.partition(":")
+            cls: type[Backend] = getattr(importlib.import_module(module), attr)
+            return cls
+    return None
 
 
 def fallback_chain(name: str) -> list[str]:
@@ -89,4 +110,25 @@ def parse_backends(text: str) -> list[str]:
                 )
             if item not in out:
                 out.append(item)
+    return out
+
+
+def default_precisions(backends: list[str]) -> list[str]:
+    """fp16 when a Core ML backend is in the comparison (the ANE runs FP16 only, and Metal is
+    compared like for like), fp32 otherwise."""
+    return ["fp16"] if any(name in COREML_BACKENDS for name in backends) else ["fp32"]
+
+
+def parse_precisions(text: str, backends: list[str]) -> list[str]:
+    """A comma list of precisions or `auto` (see `default_precisions`); ValueError names a bad one."""
+    out: list[str] = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        expanded = default_precisions(backends) if item == "auto" else [item]
+        for precision in expanded:
+            if precision not in PRECISIONS:
+                raise ValueError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)}, auto)")
+            if precision not in out:
+                out.append(precision)
+    if not out:
+        raise ValueError("no precision given")
     return out

@@ -33,6 +33,9 @@ class TorchWorkload(PreparedWorkload):
     def step(self) -> None:
         assert self.model is not None
         with torch.inference_mode():
+            # Free the previous output first so its memory is reused, as in a plain loop; held
+            # over the next step it costs a fresh buffer per step (~8% on a small bf16 CPU matmul).
+            self.last_output = None
             self.last_output = self.model(*self.inputs)
 
     def output_sample(self) -> torch.Tensor:

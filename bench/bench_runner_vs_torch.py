@@ -1,0 +1,321 @@
+"""soakd's runner throughput against a bare torch loop of the same model, interleaved.
+
+For each phase and precision, one backend workload is prepared (the phase's model and fixed
+inputs on the device, exactly as a worker prepares it), then rounds alternate:
+
+  A  soakd: `workloads.worker.measure()` on that workload for --seconds (the worker's own step
+     loop: warm-up, synchronised segments, per-step clock marks); throughput is what soakd
+     reports, its steps over its measured seconds. A wall-clock rate over the same run, which
+     also counts the work between segments, is shown beside it.
+  B  bare: the same model object on the same input tensors,
+         sync; t0; with torch.inference_mode(): for _ in range(n): model(*inputs); sync; t1
+     with n = the steps soakd did in the A run just before, so both runs last about as long.
+
+Target: soakd / bare >= 0.99 for every row. Imports only workloads.*, torch, numpy, psutil (so
+it runs on a machine with the bare ML stack). Run from the repository root, e.g.
+
+  python bench/bench_runner_vs_torch.py --device cuda --precisions fp32,fp16,bf16
+  python bench/bench_runner_vs_torch.py --device cpu --precisions fp32 --seconds 1 \
+      --set matmul.n=256 --set conv.size=64 --set conv.batch=1 --set attention.seq=256
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from workloads.backends import get_backend
+from workloads.backends.base import PRECISIONS, BackendFailure
+from workloads.backends.torch_backend import TorchWorkload
+from workloads.host import chip
+from workloads.phases import PHASE_NAMES, PROFILES, PhaseSpec, Profile, get_profile
+from workloads.worker import Event, SliceRequest, measure
+
+TARGET = 0.99
+
+
+@dataclass
+class Row:
+    phase: str
+    precision: str
+    shape: str
+    flop_per_step: int
+    soakd_steps: list[int] = field(default_factory=list)
+    soakd_seconds: list[float] = field(default_factory=list)  # what soakd reports
+    soakd_wall: list[float] = field(default_factory=list)  # wall clock over the same run
+    bare_steps: list[int] = field(default_factory=list)
+    bare_seconds: list[float] = field(default_factory=list)
+    skipped: str = ""
+
+    def rate(self, steps: list[int], seconds: list[float]) -> float:
+        total = sum(seconds)
+        return sum(steps) * self.flop_per_step / total if total > 0 else math.nan
+
+    @property
+    def soakd(self) -> float:
+        return self.rate(self.soakd_steps, self.soakd_seconds)
+
+    @property
+    def soakd_wall_rate(self) -> float:
+        return self.rate(self.soakd_steps, self.soakd_wall)
+
+    @property
+    def bare(self) -> float:
+        return self.rate(self.bare_steps, self.bare_seconds)
+
+    @property
+    def ratio(self) -> float:
+        return self.soakd / self.bare if self.bare > 0 else math.nan
+
+    def round_ratios(self) -> list[float]:
+        out = []
+        for s_steps, s_sec, b_steps, b_sec in zip(self.soakd_steps, self.soakd_seconds,
+                                                  self.bare_steps, self.bare_seconds, strict=True):
+            if s_sec > 0 and b_sec > 0 and b_steps > 0:
+                out.append((s_steps / s_sec) / (b_steps / b_sec))
+        return out
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--precisions", default="fp32,fp16,bf16",
+                        help="comma list of fp32, fp16, bf16 (default: all three)")
+    parser.add_argument("--phases", default=",".join(PHASE_NAMES))
+    parser.add_argument("--profile", default="heavy", choices=sorted(PROFILES))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        dest="overrides",
+                        help="profile override, e.g. matmul.n=512 or conv.batch=1 (repeatable)")
+    parser.add_argument("--seconds", type=float, default=4.0,
+                        help="measured seconds of each side in each round (default: 4)")
+    parser.add_argument("--rounds", type=int, default=3, help="A/B rounds (default: 3)")
+    parser.add_argument("--warmup-seconds", type=float, default=1.0,
+                        help="untimed run of both sides before the rounds (default: 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (default: torch's own choice)")
+    args = parser.parse_args(argv)
+    args.precisions = _comma(parser, args.precisions, PRECISIONS, "precision")
+    args.phases = _comma(parser, args.phases, PHASE_NAMES, "phase")
+    if not args.seconds > 0 or args.rounds < 1 or args.warmup_seconds < 0:
+        parser.error("--seconds must be > 0, --rounds >= 1, --warmup-seconds >= 0")
+    overrides: dict[str, Any] = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key.strip()] = value.strip()
+    try:
+        args.profile_obj = get_profile(args.profile, overrides)
+    except (KeyError, ValueError) as exc:
+        parser.error(str(exc))
+    return args
+
+
+def _comma(parser: argparse.ArgumentParser, text: str, allowed: Sequence[str],
+           what: str) -> list[str]:
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    for item in items:
+        if item not in allowed:
+            parser.error(f"unknown {what} {item!r} (choose from {', '.join(allowed)})")
+    if not items:
+        parser.error(f"no {what} given")
+    return items
+
+
+def synchronizer(device: str) -> Callable[[], None]:
+    if device == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def run_soakd(workload: TorchWorkload, spec: PhaseSpec, backend: str, precision: str,
+              seconds: float, warmup_steps: int) -> tuple[int, float, float]:
+    """One A run: soakd's step loop. Returns (steps, soakd's seconds, wall seconds after warm-up)."""
+    marks: dict[str, float] = {}
+    done: dict[str, Any] = {}
+
+    def emit(event: Event) -> None:
+        kind = event["type"]
+        if kind == "warmup":
+            marks["start"] = time.perf_counter()
+        elif kind == "done":
+            marks["end"] = time.perf_counter()
+            done.update(event)
+
+    request = SliceRequest(spec=spec, backend=backend, precision=precision, duration_s=seconds,
+                           warmup_steps=warmup_steps, check_every=0)
+    measure(workload, request, emit)
+    return int(done["steps"]), float(done["seconds"]), marks["end"] - marks["start"]
+
+
+def run_bare(model: torch.nn.Module, inputs: Sequence[torch.Tensor], steps: int,
+             sync: Callable[[], None]) -> float:
+    """One B run: the bare loop, timed by the wall clock around it."""
+    sync()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for _ in range(steps):
+            model(*inputs)
+    sync()
+    return time.perf_counter() - t0
+
+
+def describe(spec: PhaseSpec) -> str:
+    shapes = spec.input_shapes()
+    first = next(iter(shapes.values()))
+    text = "x".join(str(n) for n in first)
+    if spec.name == "conv":
+        return f"{text}, {spec.depth} layers"  # type: ignore[union-attr]
+    if spec.name == "attention":
+        return f"{text}, {spec.layers} layers, {spec.heads} heads"  # type: ignore[union-attr]
+    return f"2 x {text}"
+
+
+def bench_one(profile: Profile, phase: str, precision: str, args: argparse.Namespace,
+              log: Callable[[str], None]) -> Row:
+    spec = profile.spec(phase)
+    row = Row(phase, precision, describe(spec), spec.flop_per_step())
+    backend = get_backend(args.device)
+    supported = backend.supports(precision)
+    if not supported.ok:
+        row.skipped = supported.reason
+        return row
+    try:
+        workload = backend.prepare(spec, precision, args.seed)
+    except BackendFailure as exc:
+        row.skipped = f"{exc.reason}: {exc.detail}"
+        return row
+    assert isinstance(workload, TorchWorkload) and workload.model is not None
+    model, inputs = workload.model, workload.inputs
+    sync = synchronizer(args.device)
+    try:
+        if args.warmup_seconds > 0:
+            steps, _, _ = run_soakd(workload, spec, args.device, precision,
+                                    args.warmup_seconds / 2, profile.warmup_steps)
+            run_bare(model, inputs, max(1, steps), sync)
+        for index in range(args.rounds):
+            # Odd rounds run the bare loop first (with the last round's step count), so that
+            # an order effect (clocks, caches, the host's other tenants) cancels out.
+            bare_first = index % 2 == 1 and bool(row.soakd_steps)
+            if bare_first:
+                bare_steps = max(1, row.soakd_steps[-1])
+                bare_seconds = run_bare(model, inputs, bare_steps, sync)
+            steps, seconds, wall = run_soakd(workload, spec, args.device, precision,
+                                             args.seconds, profile.warmup_steps)
+            if not bare_first:
+                bare_steps = max(1, steps)
+                bare_seconds = run_bare(model, inputs, bare_steps, sync)
+            row.soakd_steps.append(steps)
+            row.soakd_seconds.append(seconds)
+            row.soakd_wall.append(wall)
+            row.bare_steps.append(bare_steps)
+            row.bare_seconds.append(bare_seconds)
+            log(f"  round {index + 1}: soakd {steps} steps / {seconds:.3f} s "
+                f"({steps * row.flop_per_step / seconds / 1e12:.3f} TFLOP/s), bare "
+                f"{bare_steps} steps / {bare_seconds:.3f} s "
+                f"({bare_steps * row.flop_per_step / bare_seconds / 1e12:.3f} TFLOP/s)")
+    except Exception as exc:  # an OOM at one precision should not lose the other rows
+        row.skipped = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    finally:
+        workload.close()
+    return row
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        index = torch.cuda.current_device()
+        return (f"{torch.cuda.get_device_name(index)} (cuda:{index}, CUDA {torch.version.cuda}, "
+                f"cuDNN {torch.backends.cudnn.version()})")
+    return f"{chip()} ({torch.get_num_threads()} torch threads)"
+
+
+def tflops(value: float) -> str:
+    return f"{value / 1e12:.3f}" if math.isfinite(value) else "-"
+
+
+def render(rows: list[Row], args: argparse.Namespace, argv: Sequence[str]) -> str:
+    command = shlex.join(["python", "bench/bench_runner_vs_torch.py", *argv])
+    overrides = ", ".join(args.overrides) or "none"
+    lines = [
+        "## soakd runner vs bare torch loop",
+        "",
+        f"- command: `{command}`",
+        f"- device: {device_name(args.device)}",
+        f"- host: {chip()}; Python {platform.python_version()}; torch {torch.__version__}",
+        f"- profile: {args.profile} (overrides: {overrides}); {args.rounds} rounds, alternating "
+        f"which side runs first, {args.seconds:g} s each side, after a {args.warmup_seconds:g} s "
+        "untimed warm-up; reference check off",
+        f"- soakd = steps / soakd's measured seconds; bare = the same step count timed by the "
+        f"wall clock; ratio = soakd / bare (target >= {TARGET})",
+        "",
+        "| phase | shape | precision | soakd TFLOP/s | bare TFLOP/s | ratio | round ratios "
+        "min-max | soakd wall-clock TFLOP/s | steps per round |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        if row.skipped:
+            lines.append(f"| {row.phase} | {row.shape} | {row.precision} | skipped: "
+                         f"{row.skipped} | | | | | |")
+            continue
+        ratios = row.round_ratios()
+        spread = f"{min(ratios):.3f}-{max(ratios):.3f}" if ratios else "-"
+        steps = sorted(row.soakd_steps)
+        lines.append(
+            f"| {row.phase} | {row.shape} | {row.precision} | {tflops(row.soakd)} | "
+            f"{tflops(row.bare)} | {row.ratio:.3f} | {spread} | {tflops(row.soakd_wall_rate)} | "
+            f"{steps[len(steps) // 2]} |"
+        )
+    measured = [row for row in rows if not row.skipped]
+    below = [f"{r.phase}/{r.precision}" for r in measured if not r.ratio >= TARGET]
+    lines.append("")
+    if not measured:
+        lines.append("No row was measured.")
+    elif below:
+        lines.append(f"Below the {TARGET} target: {', '.join(below)}.")
+    else:
+        lines.append(f"Every measured row meets the {TARGET} target.")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    backend = get_backend(args.device)
+    availability = backend.available()
+    if not availability.ok:
+        print(f"bench: {args.device} is not available: {availability.reason}", file=sys.stderr)
+        return 1
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    rows: list[Row] = []
+    started = time.monotonic()
+    for phase in args.phases:
+        for precision in args.precisions:
+            log(f"{phase} {precision} ({time.monotonic() - started:.0f} s elapsed)")
+            row = bench_one(args.profile_obj, phase, precision, args, log)
+            if row.skipped:
+                log(f"  skipped: {row.skipped}")
+            rows.append(row)
+    print(render(rows, args, argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Backends that misbehave on purpose, for the runner and rotation tests.
+
+They are registered through the `SOAKD_EXTRA_BACKENDS="name=module:Class,..."` hook read by
+`workloads.backends.get_backend`. The hook lives in the environment, so a spawned worker (which
+inherits the environment and the parent's sys.path) resolves the same names; a monkeypatched
+registry would not reach it.
+
+Each is the real CPU backend with one thing changed, so whatever it does not break runs the
+real phase model.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import torch
+
+from workloads.backends import EXTRA_BACKENDS_ENV
+from workloads.backends.base import Availability, PreparedWorkload
+from workloads.backends.torch_backend import CpuBackend, TorchWorkload
+from workloads.phases import PhaseSpec
+
+# A file the hanging backend writes its worker's pid to, so a test can check the worker died.
+PID_FILE_ENV = "SOAKD_TEST_PID_FILE"
+
+
+def register(monkeypatch: pytest.MonkeyPatch, **backends: type[CpuBackend]) -> None:
+    """Make `name=Class` pairs resolvable by get_backend here and in spawned workers."""
+    entries = [f"{name}={cls.__module__}:{cls.__qualname__}" for name, cls in backends.items()]
+    monkeypatch.setenv(EXTRA_BACKENDS_ENV, ",".join(entries))
+
+
+def _as(workload: PreparedWorkload, cls: type[TorchWorkload]) -> TorchWorkload:
+    """The same prepared workload (model, inputs, clock) with another class's step()."""
+    return cls(**{f.name: getattr(workload, f.name) for f in fields(workload)})
+
+
+class PlainBackend(CpuBackend):
+    """The CPU backend under another name (for tests that need two healthy backends)."""
+
+    name = "plain"
+
+
+class UnavailableBackend(CpuBackend):
+    name = "unavailable-fake"
+
+    def available(self) -> Availability:
+        return Availability.no("fake accelerator is not installed on this host")
+
+
+class NoHalfBackend(CpuBackend):
+    """Says up front that it does not run fp16."""
+
+    name = "nohalf-fake"
+
+    def supports(self, precision: str) -> Availability:
+        if precision == "fp16":
+            return Availability.no("fake accelerator has no fp16 units")
+        return super().supports(precision)
+
+
+class _KillingWorkload(TorchWorkload):
+    def step(self) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillerBackend(CpuBackend):
+    """Its first step SIGKILLs the process, like an ANE load failure (coremltools#2758)."""
+
+    name = "killer-fake"
+
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int) -> PreparedWorkload:
+        return _as(super().prepare(spec, precision, seed), _KillingWorkload)
+
+
+class _HangingWorkload(TorchWorkload):
+    def step(self) -> None:
+        path = os.environ.get(PID_FILE_ENV)
+        if path:
+            Path(path).write_text(str(os.getpid()))
+        time.sleep(3600)
+
+
+class HangingBackend(CpuBackend):
+    """Its first step never ends."""
+
+    name = "hanging-fake"
+
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int) -> PreparedWorkload:
+        return _as(super().prepare(spec, precision, seed), _HangingWorkload)
+
+
+class _OomWorkload(TorchWorkload):
+    def step(self) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
+
+
+class OomBackend(CpuBackend):
+    """Prepares fine, then every step runs out of device memory."""
+
+    name = "oom-fake"
+
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int) -> PreparedWorkload:
+        return _as(super().prepare(spec, precision, seed), _OomWorkload)
+
+
+class _HalfRefusingWorkload(TorchWorkload):
+    def step(self) -> None:
+        if self.precision == "fp16":
+            raise RuntimeError("\"addmm_impl_cpu_\" not implemented for 'Half'")
+        super().step()
+
+
+class HalfRefusingBackend(CpuBackend):
+    """Claims fp16 but fails at the first fp16 step, the way torch reports a missing kernel."""
+
+    name = "halfrefusing-fake"
+
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int) -> PreparedWorkload:
+        return _as(super().prepare(spec, precision, seed), _HalfRefusingWorkload)
+
+
+PERTURBATION = 0.05
+
+
+class _PerturbingWorkload(TorchWorkload):
+    def step(self) -> None:
+        super().step()
+        assert self.last_output is not None
+        self.last_output = self.last_output * (1.0 + PERTURBATION)
+
+
+class PerturbingBackend(CpuBackend):
+    """Computes the real model, then scales its output by 1.05: 5% off the reference."""
+
+    name = "perturbing-fake"
+
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int) -> PreparedWorkload:
+        return _as(super().prepare(spec, precision, seed), _PerturbingWorkload)
