@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from workloads.timing import latency_summary
+from workloads.timing import LatencySketch
 from workloads.worker import Event, SliceRequest, prepare_and_measure, worker_main
 
 EventSink = Callable[[Event], None]
@@ -202,7 +202,7 @@ class PhaseResult:
     device: str = ""
     steps: int = 0
     seconds: float = 0.0
-    durations: list[float] = field(default_factory=list)
+    latency: LatencySketch = field(default_factory=LatencySketch)
     slices: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     failure_details: list[str] = field(default_factory=list)
@@ -225,7 +225,7 @@ class PhaseResult:
             self.device = piece.device
         self.steps += piece.steps
         self.seconds += piece.seconds
-        self.durations.extend(piece.durations)
+        self.latency.add(piece.durations)
         self.checks += piece.checks
         self.mismatches += piece.mismatches
         self.max_relative_error = max(self.max_relative_error, piece.max_relative_error)
@@ -261,7 +261,7 @@ class PhaseResult:
         return self.steps / attempts if attempts else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        latency = latency_summary(self.durations)
+        latency = self.latency.summary()
         return {
             "phase": self.phase,
             "backend": self.backend,
