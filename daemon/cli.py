@@ -11,7 +11,15 @@ from typing import NoReturn
 # Each module defines `register(subparsers)`, which adds its parser and sets `func`.
 COMMAND_MODULES: tuple[str, ...] = (
     "daemon.commands.once",
+    "daemon.commands.service",
+    "daemon.commands.run",
+    "daemon.commands.status",
+    "daemon.commands.trigger",
     # further sub-commands are registered below this line
+    "daemon.commands.replay",
+    "daemon.commands.micro",
+    "daemon.commands.coreml_overhead",
+    "daemon.commands.report",
 )
 
 EX_USAGE = 2
@@ -52,4 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under `python -m daemon.cli` this file runs as __main__, a second copy of the module:
+    # call the imported daemon.cli so that its UsageError is the one sub-commands raise.
+    from daemon.cli import main as _main
+
+    sys.exit(_main())

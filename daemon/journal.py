@@ -174,9 +174,12 @@ class Journal:
                    "failure_reason", "failure_detail", "fallback", "prepare_seconds",
                    "warmup_seconds", "info")
         json_columns = {"energy_joules", "thermal_seconds", "fallback", "info"}
+        defaults = {"baseline": 0, "checks": 0, "mismatches": 0}
         values = []
         for column in columns:
             value = row.get(column)
+            if value is None:
+                value = defaults.get(column)
             if column in json_columns:
                 value = _json(value if value is not None else ({} if column != "fallback" else None))
                 value = None if value == "null" else value

@@ -46,11 +46,13 @@ class StabilityTracker:
         self.measured += seconds
         self.flop += flop
         self.segments.append(Segment(self.measured, seconds, flop))
-        while self.segments and self.segments[0].measured_end < self.measured - RECENT_SECONDS:
+        while self.segments and self.segments[0].measured_end <= self.measured - RECENT_SECONDS:
             self.segments.popleft()
 
     def _window(self, seconds: float) -> list[Segment]:
-        return [s for s in self.segments if s.measured_end >= self.measured - seconds]
+        # segments that end inside the window; a float tolerance keeps an exact boundary outside
+        start = self.measured - seconds + 1e-9
+        return [s for s in self.segments if s.measured_end > start]
 
     def throughput(self, window: float = THROUGHPUT_SECONDS) -> float | None:
         segments = self._window(window)

@@ -1,0 +1,54 @@
+"""Live stability figures: sustained ratio, variation, time to first throttle, FLOP/J."""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon.stability import StabilityTracker, system_energy
+
+
+def test_sustained_ratio_compares_last_minute_with_first_minute() -> None:
+    tracker = StabilityTracker(phase_started_wall=0.0)
+    for _ in range(240):  # 60 s at 100 FLOP/s
+        tracker.add(0.25, 25.0)
+    assert tracker.sustained_ratio() == pytest.approx(1.0)
+    for _ in range(240):  # then 60 s at 80 FLOP/s: throttled to 80%
+        tracker.add(0.25, 20.0)
+    assert tracker.sustained_ratio() == pytest.approx(0.8)
+    assert tracker.throughput() == pytest.approx(80.0)
+    assert tracker.variation() == pytest.approx(0.0)
+
+
+def test_variation_is_the_coefficient_of_variation() -> None:
+    tracker = StabilityTracker(phase_started_wall=0.0)
+    for flop in (10.0, 30.0) * 20:
+        tracker.add(1.0, flop)
+    # mean 20, sample stddev of alternating 10/30 over 40 values = 10 * sqrt(40/39)
+    assert tracker.variation() == pytest.approx(0.5 * (40 / 39) ** 0.5)
+
+
+def test_time_to_first_throttle_is_a_lower_bound_until_a_throttle() -> None:
+    tracker = StabilityTracker(phase_started_wall=100.0)
+    assert tracker.time_to_first_throttle(130.0) == (30.0, False)
+    tracker.note_throttle(145.0)
+    tracker.note_throttle(160.0)  # only the first counts
+    assert tracker.time_to_first_throttle(200.0) == (45.0, True)
+
+
+def test_flop_per_joule_needs_energy() -> None:
+    tracker = StabilityTracker(phase_started_wall=0.0)
+    tracker.add(1.0, 1e12)
+    assert tracker.flop_per_joule() is None
+    tracker.add_energy(50.0)
+    assert tracker.flop_per_joule() == pytest.approx(2e10)
+
+
+@pytest.mark.parametrize("components, expected", [
+    ({"cpu": 1.0, "gpu": 2.0, "ane": 0.5, "combined": 3.5}, 3.5),
+    ({"cpu": 1.0, "gpu": 2.0, "package": 6.0, "dram": 1.0}, 6.0),  # Monterey: package has DRAM
+    ({"package": 40.0, "dram": 5.0, "gpu0": 300.0, "gpu1": 250.0}, 595.0),  # RAPL + NVML
+    ({"cpu": 1.0, "gpu": 2.0}, 3.0),
+    ({}, None),
+])
+def test_system_energy_counts_each_rail_once(components: dict[str, float], expected: float | None) -> None:
+    assert system_energy(components) == expected
