@@ -385,8 +385,11 @@ class PowermetricsSource(Source):
         if shutil.which("sudo") is None:
             return False, "unavailable: not root and no sudo"
         try:
-            # `sudo -n -l CMD` says whether CMD may run without a password, without running it.
-            check = subprocess.run(["sudo", "-n", "-l", path], capture_output=True, timeout=5,
+            # `sudo -n -l CMD ARGS` says whether CMD may run without a password, without running
+            # it. The exact arguments matter: the sudoers rule soakd installs (launchd/) allows
+            # powermetrics with one fixed argument list only, and a bare path would not match it.
+            command = powermetrics_command(self.interval_ms, self.samplers, path, sudo=False)
+            check = subprocess.run(["sudo", "-n", "-l", *command], capture_output=True, timeout=5,
                                    stdin=subprocess.DEVNULL, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return False, f"unavailable: sudo check failed: {exc}"

@@ -176,3 +176,19 @@ def test_closed_source_refuses_reads():
     source.close()
     with pytest.raises(SourceError, match="closed"):
         source.read()
+
+
+def test_sudo_check_asks_for_the_exact_command_the_sudoers_rule_allows(fake_powermetrics, tmp_path):
+    """The rule in launchd/soakd.sudoers.in allows one fixed argument list; `sudo -n -l` with the
+    bare path would not match it, so the check must name the arguments too."""
+    record = tmp_path / "sudo-args"
+    sudo = Path(tmp_path / "bin" / "sudo")
+    sudo.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {record}\nexit 0\n")
+    sudo.chmod(0o755)
+    source = make_source(sudo="always", interval_ms=1000)
+    ok, _ = source.available()
+    args = record.read_text().splitlines()
+    assert ok
+    assert args[:2] == ["-n", "-l"]
+    # the same list launchd/soakd.sudoers.in is rendered with (daemon/service_manager.py)
+    assert args[2:] == powermetrics_command(1000, source.samplers, args[2], sudo=False)
