@@ -223,70 +223,40 @@ class Journal:
             row = self._db.execute("SELECT value, updated_at FROM state WHERE key=?", (key,)).fetchone()
         return (_loads(row["value"]), float(row["updated_at"])) if row else None
 
-    def rotations(self, limit: int = 20, since: float | None = None) -> list[dict[str, Any]]:
-        query = "SELECT * FROM rotations"
-        args: list[Any] = []
-        if since is not None:
-            query += " WHERE started_at >= ?"
-            args.append(since)
-        query += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
+    def _select(self, table: str, conditions: list[tuple[str, Any]], order: str, limit: int | None = None,
+                json_columns: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Rows of `table` matching every (SQL condition with one `?`, value) whose value is not
+        None, in `order`, with `json_columns` decoded."""
+        used = [(sql, value) for sql, value in conditions if value is not None]
+        query = f"SELECT * FROM {table}"
+        if used:
+            query += " WHERE " + " AND ".join(sql for sql, _ in used)
+        query += f" ORDER BY {order}" + (" LIMIT ?" if limit is not None else "")
+        args = [value for _, value in used] + ([limit] if limit is not None else [])
         with self._lock:
-            return [dict(r) for r in self._db.execute(query, args).fetchall()]
-
-    def rotation(self, rotation_id: int) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM rotations WHERE id=?", (rotation_id,)).fetchone()
-        return dict(row) if row else None
-
-    def slices(self, rotation_id: int | None = None, since: float | None = None) -> list[dict[str, Any]]:
-        query, args = "SELECT * FROM slices WHERE 1=1", list[Any]()
-        if rotation_id is not None:
-            query += " AND rotation_id = ?"
-            args.append(rotation_id)
-        if since is not None:
-            query += " AND started_at >= ?"
-            args.append(since)
-        with self._lock:
-            rows = [dict(r) for r in self._db.execute(query + " ORDER BY id", args).fetchall()]
+            rows = [dict(r) for r in self._db.execute(query, args).fetchall()]
         for row in rows:
-            for column in ("energy_joules", "thermal_seconds", "fallback", "info"):
+            for column in json_columns:
                 row[column] = _loads(row[column])
         return rows
 
+    def rotations(self, limit: int = 20, since: float | None = None) -> list[dict[str, Any]]:
+        return self._select("rotations", [("started_at >= ?", since)], "id DESC", limit)
+
+    def rotation(self, rotation_id: int) -> dict[str, Any] | None:
+        rows = self._select("rotations", [("id = ?", rotation_id)], "id")
+        return rows[0] if rows else None
+
+    def slices(self, rotation_id: int | None = None, since: float | None = None) -> list[dict[str, Any]]:
+        return self._select("slices", [("rotation_id = ?", rotation_id), ("started_at >= ?", since)], "id",
+                            json_columns=("energy_joules", "thermal_seconds", "fallback", "info"))
+
     def events(self, since: float | None = None, kind: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        query, args = "SELECT * FROM events WHERE 1=1", list[Any]()
-        if since is not None:
-            query += " AND time >= ?"
-            args.append(since)
-        if kind is not None:
-            query += " AND kind = ?"
-            args.append(kind)
-        query += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
-        with self._lock:
-            return [dict(r) for r in self._db.execute(query, args).fetchall()]
+        return self._select("events", [("time >= ?", since), ("kind = ?", kind)], "id DESC", limit)
 
     def telemetry(self, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
-        query, args = "SELECT * FROM telemetry WHERE 1=1", list[Any]()
-        if since is not None:
-            query += " AND time >= ?"
-            args.append(since)
-        if until is not None:
-            query += " AND time <= ?"
-            args.append(until)
-        with self._lock:
-            rows = [dict(r) for r in self._db.execute(query + " ORDER BY time", args).fetchall()]
-        for row in rows:
-            row["power_watts"] = _loads(row["power_watts"])
-            row["temperatures"] = _loads(row["temperatures"])
-        return rows
+        return self._select("telemetry", [("time >= ?", since), ("time <= ?", until)], "time",
+                            json_columns=("power_watts", "temperatures"))
 
     def micro_runs(self, limit: int = 5) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = [dict(r) for r in self._db.execute(
-                "SELECT * FROM micro_runs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()]
-        for row in rows:
-            row["summary"] = _loads(row["summary"])
-            row["results"] = _loads(row["results"])
-        return rows
+        return self._select("micro_runs", [], "id DESC", limit, json_columns=("summary", "results"))

@@ -76,7 +76,7 @@ from workloads.backends import (
 )
 from workloads.backends.base import TORCH_DTYPES, classify_failure
 from workloads.host import host_info
-from workloads.runner import _signal_name
+from workloads.runner import reap_worker, signal_name
 from workloads.timing import StepClock, SyncClock, percentile
 from workloads.worker import Event
 
@@ -666,15 +666,10 @@ def _run_backend_in_worker(
                                       "and was killed")
                 return
     finally:
-        process.join(10)
-        if process.is_alive():
-            process.kill()
-            process.join(5)
-        parent_conn.close()
-    code = process.exitcode
+        code = reap_worker(process, parent_conn)
     if not finished and name not in run.failures:
         if code is not None and code < 0:
-            run.failures[name] = f"killed: micro worker killed by {_signal_name(-code)}"
+            run.failures[name] = f"killed: micro worker killed by {signal_name(-code)}"
         else:
             run.failures[name] = (f"worker_exit: micro worker exited with code {code} "
                                   "before finishing")

@@ -86,7 +86,18 @@ class SliceResult:
             self.stopped = bool(event.get("stopped"))
 
 
-def _signal_name(code: int) -> str:
+def reap_worker(process: Any, conn: Any) -> int | None:
+    """Wait for a worker to exit (killing it if it lingers), close its pipe; its exit code."""
+    process.join(10)
+    if process.is_alive():
+        process.kill()
+        process.join(5)
+    conn.close()
+    code: int | None = process.exitcode
+    return code
+
+
+def signal_name(code: int) -> str:
     try:
         return signal.Signals(code).name
     except ValueError:
@@ -175,15 +186,10 @@ def run_slice(
                          "detail": f"worker overran its slice and was killed after {now - started:.0f} s"})
                 return result
     finally:
-        process.join(10)
-        if process.is_alive():
-            process.kill()
-            process.join(5)
-        parent_conn.close()
-    code = process.exitcode
+        code = reap_worker(process, parent_conn)
     if result.failure is None and code is not None and code < 0:
         deliver({"type": "failure", "reason": "killed", "stage": "run" if result.steps else "prepare",
-                 "detail": f"worker killed by {_signal_name(-code)}"})
+                 "detail": f"worker killed by {signal_name(-code)}"})
     elif result.failure is None and not finished:
         deliver({"type": "failure", "reason": "worker_exit", "stage": "prepare",
                  "detail": f"worker exited with code {code} before reporting a result"})
