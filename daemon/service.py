@@ -495,6 +495,7 @@ class Service:
                                        rotation_id=self._rotation_id)
         self._last_throttles = throttles
         self._last_level = level
+        changed = False
         for name, health in snap.health.items():
             if self._last_health.get(name) != health.up:
                 kind = "source_up" if health.up else "source_down"
@@ -502,6 +503,7 @@ class Service:
                                        source=name)
                 self.log.info(kind, source=name, reason=health.reason or None)
                 self._last_health[name] = health.up
+                changed = True
         now = time.time()
         if self._rotation_id is not None and now - self._last_telemetry >= TELEMETRY_EVERY_S:
             self._last_telemetry = now
@@ -510,8 +512,9 @@ class Service:
                 power[component] = power.get(component, 0.0) + watts
             temps = {f"{s}/{n}": c for (s, n), c in snap.temperatures_celsius.items()}
             self.journal.add_telemetry(now, self._rotation_id, power, level, temps)
-        self.journal.set_state("sources", {name: {"up": h.up, "reason": h.reason}
-                                           for name, h in snap.health.items()})
+        if changed:  # `soakd status` reads this; no write while nothing changes
+            self.journal.set_state("sources", {name: {"up": h.up, "reason": h.reason}
+                                               for name, h in snap.health.items()})
 
 
 def _finite(value: float) -> float | None:
