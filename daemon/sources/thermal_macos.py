@@ -143,10 +143,10 @@ def notifyutil_reader(key: str = NOTIFY_KEY) -> Callable[[], int] | None:
     return lambda: parse_notifyutil(_run(["notifyutil", "-g", key]), key)
 
 
-class NotifyThermalSource(Source):
-    """OSThermalPressureLevel from the `com.apple.system.thermalpressurelevel` notify key."""
+class _LazyReaderSource(Source):
+    """A macOS thermal level read through a reader found on first use (tests pass one in)."""
 
-    name = "thermal_notify"
+    missing = ""  # why no reader was found, for available()
 
     def __init__(self, reader: Callable[[], int] | None = None,
                  platform: str | None = None) -> None:
@@ -154,28 +154,47 @@ class NotifyThermalSource(Source):
         self._platform = platform or sys.platform
         self._probed = reader is not None
 
+    def _find_reader(self) -> Callable[[], int] | None:
+        raise NotImplementedError
+
+    def _level(self, value: int) -> str:
+        raise NotImplementedError
+
     def _get_reader(self) -> Callable[[], int] | None:
         if not self._probed:
             self._probed = True
-            self._reader = libsystem_notify_reader() or notifyutil_reader()
+            self._reader = self._find_reader()
         return self._reader
 
     def available(self) -> tuple[bool, str]:
         if self._reader is None and self._platform != "darwin":
             return False, f"unavailable: needs macOS (this is {self._platform})"
         if self._get_reader() is None:
-            return False, "unavailable: neither libSystem notify nor notifyutil is reachable"
+            return False, f"unavailable: {self.missing}"
         return True, "ok"
 
     def read(self) -> Reading:
         reader = self._get_reader()
         if reader is None:
-            raise SourceUnavailable("thermal notify key not reachable")
+            raise SourceUnavailable(self.missing)
         try:
             value = reader()
         except ThermalParseError as exc:
             raise SourceError(str(exc)) from None
-        return Reading(thermal_pressure=levels.from_notify_value(value))
+        return Reading(thermal_pressure=self._level(value))
+
+
+class NotifyThermalSource(_LazyReaderSource):
+    """OSThermalPressureLevel from the `com.apple.system.thermalpressurelevel` notify key."""
+
+    name = "thermal_notify"
+    missing = "neither libSystem notify nor notifyutil is reachable"
+
+    def _find_reader(self) -> Callable[[], int] | None:
+        return libsystem_notify_reader() or notifyutil_reader()
+
+    def _level(self, value: int) -> str:
+        return levels.from_notify_value(value)
 
 
 def objc_thermal_state_reader() -> Callable[[], int] | None:
@@ -205,35 +224,17 @@ def objc_thermal_state_reader() -> Callable[[], int] | None:
     return lambda: int(send_long(info, selector))
 
 
-class ThermalStateSource(Source):
+class ThermalStateSource(_LazyReaderSource):
     """NSProcessInfo.thermalState (nominal/fair/serious/critical), see daemon/levels.py."""
 
     name = "thermal_state"
+    missing = "NSProcessInfo not reachable through the objc runtime"
 
-    def __init__(self, reader: Callable[[], int] | None = None,
-                 platform: str | None = None) -> None:
-        self._reader = reader
-        self._platform = platform or sys.platform
-        self._probed = reader is not None
+    def _find_reader(self) -> Callable[[], int] | None:
+        return objc_thermal_state_reader()
 
-    def _get_reader(self) -> Callable[[], int] | None:
-        if not self._probed:
-            self._probed = True
-            self._reader = objc_thermal_state_reader()
-        return self._reader
-
-    def available(self) -> tuple[bool, str]:
-        if self._reader is None and self._platform != "darwin":
-            return False, f"unavailable: needs macOS (this is {self._platform})"
-        if self._get_reader() is None:
-            return False, "unavailable: NSProcessInfo not reachable through the objc runtime"
-        return True, "ok"
-
-    def read(self) -> Reading:
-        reader = self._get_reader()
-        if reader is None:
-            raise SourceUnavailable("NSProcessInfo not reachable")
-        return Reading(thermal_pressure=levels.from_thermal_state(reader()))
+    def _level(self, value: int) -> str:
+        return levels.from_thermal_state(value)
 
 
 class PmsetThermalSource(Source):
