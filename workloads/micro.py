@@ -76,7 +76,7 @@ from workloads.backends import (
 )
 from workloads.backends.base import TORCH_DTYPES, classify_failure
 from workloads.host import host_info
-from workloads.runner import reap_worker, signal_name
+from workloads.runner import reap_worker, receive, signal_name
 from workloads.timing import StepClock, SyncClock, percentile
 from workloads.worker import Event
 
@@ -638,19 +638,11 @@ def _run_backend_in_worker(
     finished = False
     try:
         while not finished:
-            try:
-                ready = parent_conn.poll(0.05)
-            except (EOFError, OSError):
-                ready = False
-            if ready:
-                try:
-                    event: Event = parent_conn.recv()
-                except (EOFError, OSError):
-                    ready = False
-                else:
-                    _absorb(run, name, event, on_result)
-                    finished = event.get("type") in ("done", "skipped", "failure")
-                    continue
+            event: Event | None = receive(parent_conn, 0.05)
+            if event is not None:
+                _absorb(run, name, event, on_result)
+                finished = event.get("type") in ("done", "skipped", "failure")
+                continue
             if not process.is_alive():
                 break
             if stop is not None and stop.is_set():

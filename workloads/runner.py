@@ -86,6 +86,14 @@ class SliceResult:
             self.stopped = bool(event.get("stopped"))
 
 
+def receive(conn: Any, timeout: float) -> Any:
+    """The next message from a worker's pipe within `timeout`, or None (nothing, or pipe closed)."""
+    try:
+        return conn.recv() if conn.poll(timeout) else None
+    except (EOFError, OSError):
+        return None
+
+
 def reap_worker(process: Any, conn: Any) -> int | None:
     """Wait for a worker to exit (killing it if it lingers), close its pipe; its exit code."""
     process.join(10)
@@ -147,33 +155,20 @@ def run_slice(
                 deliver({"type": "failure", "reason": "stopped", "stage": "run",
                          "detail": f"worker still busy {stop_grace_s:.0f} s after a stop request; killed"})
                 return result
-            try:
-                ready = parent_conn.poll(0.05)
-            except (EOFError, OSError):
-                ready = False
-            if ready:
-                try:
-                    event = parent_conn.recv()
-                except (EOFError, OSError):
-                    event = None
-                if event is not None:
-                    deliver(event)
-                    if event.get("type") == "warmup":
-                        budget = request.duration_s if request.duration_s is not None else 3600.0
-                        run_deadline = time.monotonic() + budget + max(OVERRUN_MARGIN_S, budget)
-                    if event.get("type") in ("done", "failure"):
-                        finished = True
-                        break
-                    continue
+            event = receive(parent_conn, 0.05)
+            if event is not None:
+                deliver(event)
+                if event.get("type") == "warmup":
+                    budget = request.duration_s if request.duration_s is not None else 3600.0
+                    run_deadline = time.monotonic() + budget + max(OVERRUN_MARGIN_S, budget)
+                if event.get("type") in ("done", "failure"):
+                    finished = True
+                    break
+                continue
             if not process.is_alive():
                 # Drain anything sent just before exit.
-                while True:
-                    try:
-                        if not parent_conn.poll(0):
-                            break
-                        deliver(parent_conn.recv())
-                    except (EOFError, OSError):
-                        break
+                while (late := receive(parent_conn, 0)) is not None:
+                    deliver(late)
                 finished = result.failure is not None or result.steps > 0 or result.stopped
                 break
             now = time.monotonic()

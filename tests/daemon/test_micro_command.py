@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import run_main
 
-from daemon.cli import main
 from workloads.micro import CATEGORIES, COREML_SKIP_REASON
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,14 +24,6 @@ def soakd_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "daemon.cli"]
 
 
-def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """main() in this process; argparse's own errors (SystemExit) count as a return code."""
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = int(exc.code) if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def cuda_usable() -> bool:

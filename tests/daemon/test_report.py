@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import run_main
 from daemon_process import REPO, Daemon, write_config
 
-from daemon.cli import main
 from daemon.journal import Journal
 from daemon.report import (
     INSTALL_HINT,
@@ -94,13 +94,6 @@ def check_png(path: Path) -> None:
     assert float(image[..., :3].std()) > 0.02, f"{path} looks blank"
 
 
-def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = int(exc.code) if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --- a real daemon ------------------------------------------------------------------------------
