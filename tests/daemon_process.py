@@ -23,12 +23,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(path: Path, extra: str = "", phase_seconds: float = 1.0) -> Path:
+def write_config(path: Path, extra: str = "", phase_seconds: float = 1.0, run_at_start: bool = True) -> Path:
     """A fast ci-profile config; energy and thermal pressure come from a recorded capture."""
     text = f"""
 [schedule]
 profile = "ci"
-run_at_start = true
+run_at_start = {"true" if run_at_start else "false"}
 
 [workload]
 backends = "cpu"

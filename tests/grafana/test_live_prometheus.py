@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -59,7 +60,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     zone.mkdir(parents=True)
     (zone / "type").write_text("x86_pkg_temp\n")
     (zone / "temp").write_text("47000\n")
-    config = write_config(tmp / "soakd.toml", extra=f'thermal_root = "{tmp / "thermal"}"')
+    # The rotation starts only once Prometheus scrapes the daemon (SIGUSR1 below), as on a host
+    # where Prometheus is already running: a rotation over before the first scrape would leave
+    # its counters with no increase to see.
+    config = write_config(tmp / "soakd.toml", extra=f'thermal_root = "{tmp / "thermal"}"',
+                          run_at_start=False)
     # The repo's config as it is when the default port is free; otherwise only the target moves.
     prometheus_yml = PROMETHEUS_YML
     port = 10466
@@ -81,6 +86,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         stdout=subprocess.DEVNULL, stderr=open(tmp / "prometheus.log", "w"))  # noqa: SIM115
     try:
         daemon.wait_ready()
+        base = f"http://127.0.0.1:{web}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if _has_data(_query(base, 'up{job="soakd"} == 1')):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError("Prometheus never scraped the daemon")
+        daemon.signal(signal.SIGUSR1)
         daemon.wait_for("soakd_rotations_total", 1, result="completed", timeout=180)
         yield f"http://127.0.0.1:{web}", daemon, tmp
     finally:
