@@ -12,9 +12,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from fixture_paths import POWERMETRICS
+
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("SOAKD_FIXTURES", REPO.parent / "shared" / "fixtures"))
-REPLAY = FIXTURES / "powermetrics" / "M1_plist_pumas_1.plist"  # has energy and thermal pressure
+REPLAY = POWERMETRICS / "M1_plist_pumas_1.plist"  # has energy and thermal pressure
 
 
 def free_port() -> int:

@@ -1,42 +1,35 @@
-"""Shared test helpers for daemon tests: where the recorded powermetrics fixtures live.
+"""Shared test helpers for daemon tests: where the recorded fixtures live.
 
-The fixtures are real powermetrics outputs kept outside the repository, at
-`<repo>/../shared/fixtures/powermetrics` (see SOURCES.md there). SOAKD_FIXTURES overrides
-the location: it may name either that `powermetrics` directory or its parent.
+Every recorded input lives in the repository under `tests/fixtures/` (provenance in
+`tests/fixtures/PROVENANCE.md`), so a fresh clone runs every test with nothing beside it.
+A missing fixture is a broken checkout: tests fail on it, they never skip.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-def powermetrics_fixtures_dir() -> Path:
-    override = os.environ.get("SOAKD_FIXTURES")
-    if override:
-        base = Path(override)
-        return base / "powermetrics" if (base / "powermetrics").is_dir() else base
-    return (REPO / ".." / "shared" / "fixtures" / "powermetrics").resolve()
+from fixture_paths import FIELD_REPORTS, POWERMETRICS
 
 
 def powermetrics_output_files() -> list[Path]:
     """Every recorded powermetrics output (the `-h` help text is not output, so it is left out)."""
-    directory = powermetrics_fixtures_dir()
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.iterdir()
+    return sorted(p for p in POWERMETRICS.iterdir()
                   if p.suffix in (".plist", ".txt") and "_helptext_" not in p.name)
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    directory = powermetrics_fixtures_dir()
-    if not directory.is_dir():
-        pytest.skip(f"powermetrics fixtures not found at {directory} (set SOAKD_FIXTURES)")
-    return directory
+    """The recorded powermetrics outputs (tests/fixtures/powermetrics)."""
+    return POWERMETRICS
+
+
+@pytest.fixture(scope="session")
+def field_reports_dir() -> Path:
+    """Inputs from real machines that soakd 0.1 read wrong (tests/fixtures/field-reports)."""
+    return FIELD_REPORTS
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
