@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from daemon.sampler import Sampler, default_sources
-from workloads.phases import PHASE_NAMES, build, get_profile
+from workloads.models import build
+from workloads.phases import PHASE_NAMES, get_profile
 
 
 @dataclass

@@ -27,8 +27,7 @@ from typing import Any
 import torch
 
 from workloads.backends import get_backend
-from workloads.backends.base import TORCH_DTYPES
-from workloads.backends.torch_backend import TorchBackend
+from workloads.backends.torch_backend import TORCH_DTYPES, TorchBackend
 from workloads.host import host_info
 from workloads.micro import build_cases, measure_case, warm_up_device
 

@@ -263,7 +263,7 @@ def convert_to_mlprogram(spec: PhaseSpec, precision: str, seed: int,
     import numpy as np
     import torch
 
-    from workloads.phases import build
+    from workloads.models import build
 
     model, inputs = build(spec, seed)
     np_dtype = np.float16 if precision == "fp16" else np.float32

@@ -74,7 +74,8 @@ from workloads.backends import (
     get_backend,
     parse_backends,
 )
-from workloads.backends.base import TORCH_DTYPES, classify_failure
+from workloads.backends.base import classify_failure
+from workloads.backends.torch_backend import TORCH_DTYPES
 from workloads.host import host_info
 from workloads.runner import reap_worker, receive, signal_name
 from workloads.timing import StepClock, SyncClock, percentile

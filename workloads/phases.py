@@ -1,20 +1,14 @@
-"""The three phases of a rotation (matmul, conv, attention), their models and FLOP formulas.
+"""The three phases of a rotation (matmul, conv, attention): shapes, FLOP formulas, profiles.
 
-Every model here has fixed shapes and no data-dependent Python control flow, so that
-`torch.jit.trace` captures it whole and coremltools can convert it. Every model is
-batch-independent (no batch norm, no cross-sample mixing): the float64 reference check runs
-on sample 0 only, which keeps it cheap at the heavy sizes.
+Pure data, no torch: the daemon reads profiles and FLOP counts without importing torch
+(its workers build the models, `workloads/models.py`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
-
-import torch
-from torch import nn
 
 PHASE_NAMES: tuple[str, ...] = ("matmul", "conv", "attention")
 
@@ -37,8 +31,6 @@ class MatmulSpec:
     def flop_per_step(self) -> int:
         return 2 * self.batch * self.n**3
 
-    def build_model(self, generator: torch.Generator) -> nn.Module:
-        return BatchedMatmul()
 
 
 @dataclass(frozen=True)
@@ -86,8 +78,6 @@ class ConvSpec:
         k2 = self.kernel * self.kernel
         return sum(2 * cin * cout * k2 * s * s * self.batch for cin, cout, _, s in self.layers())
 
-    def build_model(self, generator: torch.Generator) -> nn.Module:
-        return ConvNet(self, generator)
 
 
 @dataclass(frozen=True)
@@ -121,8 +111,6 @@ class AttentionSpec:
         scores = 2 * 2 * t * t * d  # QK^T and attention @ V
         return self.layers * b * (projections + ffn + scores)
 
-    def build_model(self, generator: torch.Generator) -> nn.Module:
-        return Encoder(self, generator)
 
 
 PhaseSpec = MatmulSpec | ConvSpec | AttentionSpec
@@ -130,88 +118,6 @@ PhaseSpec = MatmulSpec | ConvSpec | AttentionSpec
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
-
-
-def _init_(weight: torch.Tensor, fan_in: int, gain: float, generator: torch.Generator) -> None:
-    with torch.no_grad():
-        weight.normal_(0.0, gain / math.sqrt(fan_in), generator=generator)
-
-
-class BatchedMatmul(nn.Module):
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(a, b)
-
-
-class ConvNet(nn.Module):
-    def __init__(self, spec: ConvSpec, generator: torch.Generator) -> None:
-        super().__init__()
-        convs: list[nn.Module] = []
-        for cin, cout, stride, _ in spec.layers():
-            conv = nn.Conv2d(cin, cout, spec.kernel, stride=stride, padding=spec.kernel // 2, bias=False)
-            # He init keeps activations O(1) through 24 ReLU layers, so fp16 neither
-            # overflows nor underflows and the reference check stays meaningful.
-            _init_(conv.weight, cin * spec.kernel * spec.kernel, math.sqrt(2.0), generator)
-            convs += [conv, nn.ReLU()]
-        self.body = nn.Sequential(*convs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-
-class EncoderLayer(nn.Module):
-    def __init__(self, spec: AttentionSpec, generator: torch.Generator) -> None:
-        super().__init__()
-        d = spec.d_model
-        self.heads = spec.heads
-        self.head_dim = d // spec.heads
-        self.scale = 1.0 / math.sqrt(self.head_dim)
-        self.norm1 = nn.LayerNorm(d)
-        self.norm2 = nn.LayerNorm(d)
-        self.qkv = nn.Linear(d, 3 * d)
-        self.out = nn.Linear(d, d)
-        self.ff1 = nn.Linear(d, spec.ffn_mult * d)
-        self.ff2 = nn.Linear(spec.ffn_mult * d, d)
-        for lin in (self.qkv, self.out, self.ff1, self.ff2):
-            _init_(lin.weight, lin.in_features, 1.0, generator)
-            nn.init.zeros_(lin.bias)
-        # Constant shape numbers (batch as -1) so a trace holds no data-dependent ints and the
-        # same module runs the batch-1 float64 reference.
-        self.split_shape = (-1, spec.seq, spec.heads, self.head_dim)
-        self.merged_shape = (-1, spec.seq, spec.d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
-        q = q.reshape(self.split_shape).transpose(1, 2)
-        k = k.reshape(self.split_shape).transpose(1, 2)
-        v = v.reshape(self.split_shape).transpose(1, 2)
-        weights = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * self.scale, dim=-1)
-        attended = torch.matmul(weights, v).transpose(1, 2).reshape(self.merged_shape)
-        x = x + self.out(attended)
-        return x + self.ff2(torch.nn.functional.gelu(self.ff1(self.norm2(x))))
-
-
-class Encoder(nn.Module):
-    def __init__(self, spec: AttentionSpec, generator: torch.Generator) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(*(EncoderLayer(spec, generator) for _ in range(spec.layers)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
-def make_inputs(spec: PhaseSpec, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Fixed random inputs (float32, CPU) in the order the model's forward takes them."""
-    return {
-        name: torch.randn(shape, generator=generator, dtype=torch.float32)
-        for name, shape in spec.input_shapes().items()
-    }
-
-
-def build(spec: PhaseSpec, seed: int = 0) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """The phase's model (float32, CPU, eval mode) and its fixed inputs, the same for a seed."""
-    generator = torch.Generator().manual_seed(seed)
-    model = spec.build_model(generator).eval()
-    return model, make_inputs(spec, generator)
 
 
 @dataclass(frozen=True)
@@ -350,5 +256,3 @@ def get_profile(name: str, overrides: dict[str, Any] | None = None) -> Profile:
         raise KeyError(f"unknown profile {name!r} (choose from {', '.join(PROFILES)})")
     return with_overrides(PROFILES[name], overrides or {})
 
-
-ModelFactory = Callable[[PhaseSpec, int], tuple[nn.Module, dict[str, torch.Tensor]]]

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from workloads.cache import atomic_write, cache_dir
-from workloads.phases import PhaseSpec, build
+from workloads.models import build
+from workloads.phases import PhaseSpec
 
 # Norm-wise relative error ||out - ref|| / ||ref|| allowed per precision. fp32 leaves room
 # for TF32 convolutions (torch's default on CUDA); half precisions accumulate over depth.

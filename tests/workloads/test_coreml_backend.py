@@ -30,7 +30,8 @@ from workloads.backends.coreml_backend import (
     compute_plan_placement,
     summarize_compute_plan,
 )
-from workloads.phases import PhaseSpec, build, get_profile
+from workloads.models import build
+from workloads.phases import PhaseSpec, get_profile
 from workloads.reference import TOLERANCE, compute_reference
 from workloads.rotation import RotationPlan, RotationRunner
 from workloads.timing import SyncClock

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from workloads.models import build
 from workloads.phases import (
     PHASE_NAMES,
     PROFILES,
     ConvSpec,
     PhaseSpec,
-    build,
     get_profile,
     with_overrides,
 )

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from workloads.phases import PhaseSpec
 from workloads.timing import StepClock
 
+if TYPE_CHECKING:
+    import torch
+
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-}
 
 
 @dataclass(frozen=True)
@@ -48,7 +45,9 @@ def classify_failure(exc: BaseException) -> BackendFailure:
         return exc
     text = f"{type(exc).__name__}: {exc}".strip()
     lowered = text.lower()
-    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in lowered:
+    torch = sys.modules.get("torch")  # never imported here: only a worker that ran torch has it
+    oom_type = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if (oom_type is not None and isinstance(exc, oom_type)) or "out of memory" in lowered:
         return BackendFailure("out_of_memory", text)
     if isinstance(exc, MemoryError):
         return BackendFailure("out_of_memory", text)

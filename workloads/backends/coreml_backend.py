@@ -40,7 +40,8 @@ from workloads.coreml_convert import (
     first_load,
     record_load,
 )
-from workloads.phases import PhaseSpec, build
+from workloads.models import build
+from workloads.phases import PhaseSpec
 from workloads.timing import SyncClock
 
 MIN_MACOS: tuple[int, int] = (13, 0)

@@ -12,15 +12,21 @@ from typing import Any
 import torch
 
 from workloads.backends.base import (
-    TORCH_DTYPES,
     Availability,
     Backend,
     BackendFailure,
     PreparedWorkload,
     classify_failure,
 )
-from workloads.phases import PhaseSpec, build
+from workloads.models import build
+from workloads.phases import PhaseSpec
 from workloads.timing import EventClock, StepClock, SyncClock
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
 
 
 @dataclass
