@@ -54,7 +54,10 @@ class Config:
     phases: tuple[str, ...] = ("matmul", "conv", "attention")
     precisions: tuple[str, ...] = ("auto",)  # fp16 when a Core ML backend is compared
     mode: str = "alternate"
-    cpu_baseline: bool = True
+    cpu_baseline: str = "cached"  # cached | before | off (workloads/baseline.py)
+    worker_max_age_seconds: float = 0.0  # replace a worker this old (0: never)
+    worker_max_memory_growth: float = 2.0  # replace a worker whose memory grew past this x (0: never)
+    prepare_ahead: bool = True
     seed: int = 0
     sampler_interval_seconds: float = 1.0
     sources: dict[str, Any] = field(default_factory=dict)
@@ -204,6 +207,15 @@ def _backends(key: str, value: Any) -> str:
     return ",".join(items)
 
 
+def _baseline_policy(key: str, value: Any) -> str:
+    """`cached`, `before` or `off` (true/false kept for old configs: cached / off)."""
+    from workloads.baseline import POLICIES
+
+    if isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false")):
+        return "cached" if _bool(key, value) else "off"
+    return str(_choice(POLICIES)(key, value))
+
+
 # (section, key) -> (Config field, parser). Sections are the TOML tables.
 SETTINGS: dict[tuple[str, str], tuple[str, Any]] = {
     ("daemon", "listen"): ("listen", _listen),
@@ -221,7 +233,10 @@ SETTINGS: dict[tuple[str, str], tuple[str, Any]] = {
     ("workload", "phases"): ("phases", _phases),
     ("workload", "precisions"): ("precisions", _precisions),
     ("workload", "mode"): ("mode", _choice(("alternate", "sequential", "concurrent"))),
-    ("workload", "cpu_baseline"): ("cpu_baseline", _bool),
+    ("workload", "cpu_baseline"): ("cpu_baseline", _baseline_policy),
+    ("workload", "worker_max_age_seconds"): ("worker_max_age_seconds", _non_negative),
+    ("workload", "worker_max_memory_growth"): ("worker_max_memory_growth", _non_negative),
+    ("workload", "prepare_ahead"): ("prepare_ahead", _bool),
     ("workload", "seed"): ("seed", _int),
     ("sampler", "interval_seconds"): ("sampler_interval_seconds", _positive),
     ("micro", "profile"): ("micro_profile", _choice(("ci", "light", "heavy"))),

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-WORKLOAD = ("phase", "backend", "precision")
+# A workload series: one phase on one backend (where it really ran), precision and device
+# (the device's index within its backend: "0" on a one-GPU host, "0" for the CPU).
+WORKLOAD = ("phase", "backend", "precision", "device")
+RUN_CONFIG = ("run_key", "shapes", "technique", "memory_format", "variant", "tf32")
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,19 @@ METRICS: tuple[MetricDef, ...] = (
               "FLOP per joule of whole-system energy over the phase so far (energy from cumulative "
               "counters; absent without an energy source)."),
     MetricDef("soakd_prepare_seconds", "gauge", WORKLOAD,
-              "Last slice's preparation time (model build, reference, Core ML load), not in throughput."),
+              "Last worker's preparation time (model build, reference, Core ML load), not in throughput."),
+    MetricDef("soakd_load_gap_seconds_total", "counter", WORKLOAD,
+              "Seconds of this series' slice turns with no measured step running: hand-over at "
+              "slice boundaries, warm-up and preparation inside the phase, reference checks. "
+              "Preparation done ahead (before the first phase, or during the previous phase) is "
+              "not counted."),
+    MetricDef("soakd_phase_seconds_total", "counter", WORKLOAD,
+              "Wall seconds of this series' slice turns within phases (measured time plus load gap); "
+              "1 - rate(load_gap)/rate(phase_seconds) is the duty cycle."),
+    MetricDef("soakd_run_info", "gauge", (*WORKLOAD, *RUN_CONFIG),
+              "How the series' slices run now (1): shapes, technique (eager, cuda_graph, coreml), "
+              "memory format, model variant, TF32, and run_key, a digest of all of them. Figures "
+              "of different run_keys are never pooled by soakd."),
     MetricDef("soakd_warmup_seconds", "gauge", WORKLOAD,
               "Last slice's warm-up time, excluded from throughput."),
     # Telemetry, read from the sampler's snapshot at scrape time.

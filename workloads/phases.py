@@ -133,11 +133,15 @@ class Profile:
     warmup_steps: int
     check_every: int  # compare with the float64 reference every K steps
     cpu_baseline_seconds: float  # short CPU run per phase for "speedup vs CPU"
+    # How long a worker may take to prepare (model build, float64 reference, Core ML
+    # conversion and compile) before it is killed: generous for the heavy shapes, short for
+    # the small ones so a stuck worker does not hold a ci rotation for 15 minutes.
+    prepare_timeout_seconds: float = 900.0
 
     def __post_init__(self) -> None:
         # Overrides are coerced to the type of the current value: keep durations floats even
         # when written as ints (20 * 60), so that 1.5 s is accepted.
-        for name in ("phase_seconds", "slice_seconds", "cpu_baseline_seconds"):
+        for name in ("phase_seconds", "slice_seconds", "cpu_baseline_seconds", "prepare_timeout_seconds"):
             object.__setattr__(self, name, float(getattr(self, name)))
 
     def spec(self, phase: str) -> PhaseSpec:
@@ -184,6 +188,7 @@ PROFILES: dict[str, Profile] = {
         warmup_steps=2,
         check_every=20,
         cpu_baseline_seconds=3,
+        prepare_timeout_seconds=180,
     ),
     "ci": Profile(
         name="ci",
@@ -195,6 +200,7 @@ PROFILES: dict[str, Profile] = {
         warmup_steps=1,
         check_every=10,
         cpu_baseline_seconds=0.5,
+        prepare_timeout_seconds=120,
     ),
 }
 

@@ -16,7 +16,12 @@ from workloads.phases import PhaseSpec
 
 # Norm-wise relative error ||out - ref|| / ||ref|| allowed per precision. fp32 leaves room
 # for TF32 convolutions (torch's default on CUDA); half precisions accumulate over depth.
-TOLERANCE: dict[str, float] = {"fp32": 5e-3, "fp16": 3e-2, "bf16": 8e-2}
+TOLERANCE: dict[str, float] = {"fp32": 5e-3, "tf32": 5e-3, "fp16": 3e-2, "bf16": 8e-2}
+
+
+def tolerance(spec: PhaseSpec, precision: str) -> float:
+    """The largest norm-wise relative error accepted for `spec` run in `precision`."""
+    return TOLERANCE[precision]
 
 
 def relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:

@@ -15,14 +15,8 @@ from typing import Any, TextIO
 
 from daemon.cli import UsageError
 from workloads.backends import parse_backends
-from workloads.micro import (
-    MICRO_PROFILES,
-    MicroResult,
-    MicroRun,
-    get_micro_profile,
-    render_table,
-    run_micro_in_worker,
-)
+from workloads.micro import MICRO_PROFILES, MicroResult, MicroRun, get_micro_profile, render_table
+from workloads.micro.run import run_micro_in_worker
 
 
 def register(subparsers: Any) -> None:

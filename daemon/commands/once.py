@@ -12,10 +12,19 @@ from typing import Any, TextIO
 from daemon.cli import UsageError
 from daemon.commands import coreml_overhead
 from workloads.backends import parse_backends, parse_precisions
+from workloads.baseline import POLICIES
 from workloads.host import host_info
 from workloads.phases import PHASE_NAMES, PROFILES, get_profile
-from workloads.rotation import MODES, RotationPlan, SliceContext, run_rotation, summarize
-from workloads.worker import Event
+from workloads.protocol import Steps
+from workloads.rotation import (
+    MODES,
+    PhaseStarted,
+    RotationEvent,
+    RotationPlan,
+    RotationRunner,
+    SliceContext,
+    summarize,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -33,8 +42,8 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phases", default=",".join(PHASE_NAMES),
                         help=f"comma list of phases (default: {','.join(PHASE_NAMES)})")
     parser.add_argument("--precision", default="auto",
-                        help="comma list of fp32, fp16, bf16 or auto: fp16 when a Core ML backend is "
-                             "compared, else fp32 (default: auto)")
+                        help="comma list of fp32, tf32, fp16, bf16 or auto: bf16 on CUDA, fp16 when a "
+                             "Core ML backend is compared, else fp32 (default: auto)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--duration", type=float, metavar="SECONDS",
                        help="seconds per phase (overrides the profile)")
@@ -43,8 +52,12 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
                         help="alternate backends in slices of this length")
     parser.add_argument("--mode", default="alternate", choices=MODES,
                         help="how several backends share a phase (default: alternate)")
-    parser.add_argument("--no-cpu-baseline", action="store_true",
-                        help="skip the short CPU run that gives 'speedup vs CPU'")
+    parser.add_argument("--cpu-baseline", choices=POLICIES, default="cached",
+                        help="the short CPU run that gives 'speedup vs CPU', before the first phase: "
+                             "cached (reuse one measured within a day; default), before (measure "
+                             "now), off")
+    parser.add_argument("--no-cpu-baseline", action="store_const", const="off", dest="cpu_baseline",
+                        help="the same as --cpu-baseline off")
 
 
 def _comma_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -72,17 +85,17 @@ def plan_from_args(args: argparse.Namespace) -> RotationPlan:
     try:
         profile = get_profile(args.profile, overrides)
         backends = parse_backends(args.backends)
-        parse_precisions(args.precision, backends)
+        precisions = parse_precisions(args.precision)
     except (KeyError, ValueError) as exc:
         raise UsageError(str(exc).strip("'\"")) from None
     return RotationPlan(
         profile=profile,
         backends=backends,
         phases=_comma_list(args.phases, PHASE_NAMES, "phase"),
-        precisions=parse_precisions(args.precision, backends),
+        precisions=precisions,
         mode=args.mode,
         steps=args.steps,
-        cpu_baseline=not args.no_cpu_baseline,
+        cpu_baseline=args.cpu_baseline,
     )
 
 
@@ -92,17 +105,20 @@ class Progress:
     def __init__(self, plan: RotationPlan, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
         self.enabled = stream.isatty()
-        profile = plan.profile
-        per_phase = profile.phase_seconds + (profile.cpu_baseline_seconds if plan.cpu_baseline else 0)
-        self.total = per_phase * len(plan.phases) * len(plan.precisions)
+        self.plan = plan
+        self.total = 0.0
         self.done = 0.0
         self.started = time.monotonic()
 
-    def __call__(self, context: SliceContext, event: Event) -> None:
+    def __call__(self, context: SliceContext | None, event: RotationEvent) -> None:
         if not self.enabled:
             return
-        if event.get("type") == "steps":
-            self.done += float(event["seconds"])
+        if isinstance(event, PhaseStarted) and not self.total:
+            self.total = event.planned_seconds * len(self.plan.phases) * len(self.plan.precisions)
+        if isinstance(event, Steps):
+            self.done += event.seconds
+        if context is None:
+            return
         fraction = min(1.0, self.done / self.total) if self.total > 0 else 0.0
         width = 24
         bar = "#" * int(fraction * width) + "-" * (width - int(fraction * width))
@@ -125,16 +141,17 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
 
 def render_table(rows: list[dict[str, Any]]) -> str:
     header = (f"{'phase':<10} {'backend':<16} {'prec':<5} {'steps/s':>10} {'TFLOP/s':>9} "
-              f"{'p50 ms':>9} {'p99 ms':>9} {'vs CPU':>7} {'success':>8} {'mism':>5} {'peak MiB':>9}")
+              f"{'p50 ms':>9} {'p99 ms':>9} {'vs CPU':>7} {'success':>8} {'mism':>5} {'rss MiB':>9} "
+              f"{'dev MiB':>9}")
     lines = [header, "-" * len(header)]
     for row in rows:
         backend = row["backend"]
         if row["requested_backend"] != backend:
             backend = f"{row['requested_backend']}>{backend}"
         elif row["baseline"]:
-            backend = f"{backend} (base)"
+            backend = f"{backend} (base{', cached' if row['cached_baseline'] else ''})"
         memory = row["memory_bytes"]
-        peak = max(memory["peak_rss"], memory["peak_device"]) / 2**20
+        rss, device = memory["worker_peak_rss"] / 2**20, memory["device_peak"] / 2**20
         latency = row["latency_seconds"]
         speedup = row["speedup_vs_cpu"]
         lines.append(
@@ -142,7 +159,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             f"{_fmt(row['steps_per_second']):>10} {_fmt(row['flop_per_second'], 1e-12, 3):>9} "
             f"{_fmt(latency['p50'], 1e3, 3):>9} {_fmt(latency['p99'], 1e3, 3):>9} "
             f"{_fmt(speedup, 1, 1) + 'x' if speedup else '-':>7} "
-            f"{row['success_rate']:>8.0%} {row['mismatches']:>5} {peak:>9.0f}"
+            f"{row['success_rate']:>8.0%} {row['mismatches']:>5} {rss:>9.0f} {device:>9.0f}"
         )
     notes = [f"  {r['phase']} {r['requested_backend']} -> {r['backend']}: {r['fallback']['reason']}: "
              f"{r['fallback']['detail']}" for r in rows if r["fallback"]]
@@ -154,12 +171,13 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     plan = plan_from_args(args)
     progress = Progress(plan)
+    runner = RotationRunner(plan, progress)
     try:
-        results = run_rotation(plan, progress)
+        results = runner.run()
     finally:
         progress.close()
     rows = summarize(results)
-    overhead = coreml_overhead.overhead_for_backends(plan.backends)  # None without Core ML
+    overhead = coreml_overhead.overhead_for_backends(runner.backends)  # None without Core ML
     if args.json:
         document = {"host": host_info(), "profile": plan.profile.name, "results": rows}
         if overhead is not None:

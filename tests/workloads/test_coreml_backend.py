@@ -30,12 +30,13 @@ from workloads.backends.coreml_backend import (
     compute_plan_placement,
     summarize_compute_plan,
 )
+from workloads.measure import CheckState, measure
 from workloads.models import build
 from workloads.phases import PhaseSpec, get_profile
+from workloads.protocol import Check, Prepared, RunSlice, SliceDone, Steps, WorkerEvent
 from workloads.reference import TOLERANCE, compute_reference
 from workloads.rotation import RotationPlan, RotationRunner
 from workloads.timing import SyncClock
-from workloads.worker import SliceRequest, measure
 
 pytest.importorskip("coremltools")
 
@@ -229,15 +230,15 @@ def test_steps_reuse_buffers_are_timed_and_checked_against_the_reference(
     assert isinstance(workload, CoreMLWorkload)
     assert isinstance(workload.clock, SyncClock)
     reference = compute_reference(spec, 0)
-    events: list[dict[str, Any]] = []
+    events: list[WorkerEvent] = []
     # One timed segment (a long flush interval), so the checks fall on known steps.
-    request = SliceRequest(spec=spec, backend="coreml-ane", precision="fp16", duration_s=None,
-                           max_steps=6, warmup_steps=2, check_every=3, flush_interval_s=600.0)
-    measure(workload, request, events.append, reference=reference)
+    request = RunSlice(slice_id=1, duration_s=None, max_steps=6, warmup_steps=2, check_every=3,
+                       flush_interval_s=600.0)
+    measure(workload, request, events.append, state=CheckState(reference=reference))
 
     predictor = on_a_mac.predictors[-1]
-    steps = [e for e in events if e["type"] == "steps"]
-    durations = [d for e in steps for d in e["durations"]]
+    steps = [e for e in events if isinstance(e, Steps)]
+    durations = [d for e in steps for d in e.durations]
     assert len(durations) == 6
     assert all(d >= STEP_SLEEP_S for d in durations)
     # Every predict got the same dict and the same arrays, never rewritten between steps.
@@ -250,24 +251,23 @@ def test_steps_reuse_buffers_are_timed_and_checked_against_the_reference(
         np.testing.assert_array_equal(array, predictor.snapshots[0][name])
     # The reference check ran on the warm-up output, then after the segment (6 >= 3 steps
     # since the last check), and passed.
-    checks = [e for e in events if e["type"] == "check"]
-    assert [c["step"] for c in checks] == [0, 6]
-    assert all(c["ok"] and c["tolerance"] == TOLERANCE["fp16"] for c in checks)
-    assert all(0 < c["relative_error"] < 1e-2 for c in checks)
+    checks = [e for e in events if isinstance(e, Check)]
+    assert [c.step for c in checks] == [0, 6]
+    assert all(c.ok and c.tolerance == TOLERANCE["fp16"] for c in checks)
+    assert all(0 < c.relative_error < 1e-2 for c in checks)
     done = events[-1]
-    assert done["type"] == "done" and done["steps"] == 6
+    assert isinstance(done, SliceDone) and done.steps == 6
 
 
 def test_wrong_outputs_are_counted_as_mismatches(on_a_mac: StandIns) -> None:
     on_a_mac.broken = True
     spec = CI.spec("matmul")
     workload = CoreMLBackend("coreml-cpu").prepare(spec, "fp16", 0)
-    events: list[dict[str, Any]] = []
-    request = SliceRequest(spec=spec, backend="coreml-cpu", precision="fp16", duration_s=None,
-                           max_steps=2, warmup_steps=1, check_every=1)
-    measure(workload, request, events.append, reference=compute_reference(spec, 0))
-    checks = [e for e in events if e["type"] == "check"]
-    assert checks and not any(c["ok"] for c in checks)
+    events: list[WorkerEvent] = []
+    request = RunSlice(slice_id=1, duration_s=None, max_steps=2, warmup_steps=1, check_every=1)
+    measure(workload, request, events.append, state=CheckState(reference=compute_reference(spec, 0)))
+    checks = [e for e in events if isinstance(e, Check)]
+    assert checks and not any(c.ok for c in checks)
 
 
 def test_output_sample_is_float64_sample_zero_by_output_name() -> None:
@@ -418,8 +418,8 @@ def test_compute_plan_placement_where_it_exists(monkeypatch: pytest.MonkeyPatch,
 
 def _rotate(backends: list[str], precision: str = "fp16", phase: str = "matmul") -> list[Any]:
     plan = RotationPlan(profile=CI, backends=backends, phases=[phase], precisions=[precision],
-                        steps=2, cpu_baseline=False, in_process=True)
-    events: list[tuple[Any, dict[str, Any]]] = []
+                        steps=2, cpu_baseline="off", in_process=True)
+    events: list[tuple[Any, Any]] = []
     results = RotationRunner(plan, lambda context, event: events.append((context, event))).run()
     return [results, events]
 
@@ -478,5 +478,6 @@ def test_a_rotation_runs_core_ml_end_to_end_with_the_stand_in(on_a_mac: StandIns
     assert result.info["compute_units"] == "CPU_AND_GPU"
     assert result.info["compute_plan"] == "unknown"
     assert result.precision == "fp16" and result.info["model_precision"] == "fp16"
-    prepared = [e for _, e in events if e["type"] == "prepared"]
-    assert prepared and prepared[0]["device"].startswith("Core ML CPU_AND_GPU")
+    prepared = [e for _, e in events if isinstance(e, Prepared)]
+    assert prepared and prepared[0].device_name.startswith("Core ML CPU_AND_GPU")
+    assert prepared[0].run.technique == "coreml" and prepared[0].run.backend == "coreml-gpu"

@@ -29,7 +29,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from workloads.backends.base import Availability, Backend, BackendFailure, PreparedWorkload
+from workloads.backends.base import (
+    Availability,
+    Backend,
+    BackendFailure,
+    PreparedWorkload,
+    PrepareOptions,
+)
 from workloads.coreml_convert import (
     DEPLOYMENT_TARGET,
     CachedModel,
@@ -42,6 +48,7 @@ from workloads.coreml_convert import (
 )
 from workloads.models import build
 from workloads.phases import PhaseSpec
+from workloads.protocol import RunConfig
 from workloads.timing import SyncClock
 
 MIN_MACOS: tuple[int, int] = (13, 0)
@@ -305,7 +312,10 @@ class CoreMLBackend(Backend):
             return Availability.no(FP32_ON_NE)
         return Availability.yes()
 
-    def prepare(self, spec: PhaseSpec, precision: str, seed: int) -> PreparedWorkload:
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int,
+                options: PrepareOptions | None = None) -> PreparedWorkload:
+        """Convert (or take from the cache), compile and load the phase; `options` do not apply
+        (Core ML decides placement and layout itself)."""
         availability = self.available()
         if not availability.ok:
             raise BackendFailure("unavailable", availability.reason)
@@ -343,6 +353,8 @@ class CoreMLBackend(Backend):
                          f"{placement_label(info)})",
             precision=precision,
             clock=SyncClock(lambda: None),  # predict() returns when its outputs are ready
+            spec=spec,
+            run=RunConfig.for_spec(spec, self.name, precision, technique="coreml"),
             info=info,
             predictor=predictor,
             inputs=input_buffers(spec, seed),
