@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from test_phases import counted_flops
 from torch import nn
 
 from workloads.ane_transformer import EncoderANE, LayerNormChannels
+from workloads.backends import get_backend
 from workloads.models import Encoder, build
 from workloads.phases import (
     ATTENTION_VARIANTS,
@@ -25,6 +27,7 @@ from workloads.phases import (
     variant_of,
 )
 from workloads.reference import TOLERANCE, compute_reference, reference_output, relative_error
+from workloads.worker import SliceRequest, measure
 
 CI = PROFILES["ci"].attention
 # ci and light shapes, plus an uneven one: batch 3, 3 heads of 8, FFN 2x, odd sequence.
@@ -155,3 +158,16 @@ def test_both_variants_share_one_float64_reference(tmp_path: Path) -> None:
     assert len(list(tmp_path.iterdir())) == 1
     assert torch.equal(reference_output(CI, 0, tmp_path), first)
     assert len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_ane_variant_runs_the_cpu_step_loop_and_passes_the_reference_check(precision: str) -> None:
+    spec = replace(CI, variant="ane")
+    workload = get_backend("cpu").prepare(spec, precision, 0)
+    events: list[dict[str, Any]] = []
+    request = SliceRequest(spec=spec, backend="cpu", precision=precision, duration_s=None,
+                           max_steps=4, warmup_steps=1, check_every=2)
+    measure(workload, request, events.append, reference=compute_reference(spec, 0))
+    checks = [e for e in events if e["type"] == "check"]
+    assert checks and all(c["ok"] and c["tolerance"] == TOLERANCE[precision] for c in checks)
+    assert events[-1]["type"] == "done" and events[-1]["steps"] == 4

@@ -178,12 +178,20 @@ def test_precision_rules(name: str) -> None:
         assert fp32.ok
 
 
-def test_importing_the_backend_does_not_import_coremltools() -> None:
-    code = ("import sys, workloads.backends.coreml_backend, workloads.coreml_convert, "
-            "workloads.coreml_overhead; print('coremltools' in sys.modules)")
+def _heavy_imports_of(modules: str) -> list[str]:
+    """Which of torch and coremltools a fresh interpreter has after importing `modules`."""
+    code = (f"import sys, {modules}; "
+            "print(','.join(m for m in ('torch', 'coremltools') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
-    assert out.stdout.strip() == "False"
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def test_importing_the_backend_does_not_import_coremltools() -> None:
+    assert "coremltools" not in _heavy_imports_of(
+        "workloads.backends.coreml_backend, workloads.coreml_convert, workloads.coreml_overhead")
+    # The placement records are for the daemon too (report, metrics): no torch either.
+    assert _heavy_imports_of("workloads.placement, workloads.phases") == []
 
 
 # --- the prediction path with a stand-in model ---------------------------------------------
