@@ -1,14 +1,15 @@
 """The attention phase's encoder in the layout Apple published for the Neural Engine.
 
-Written from the description in apple/ml-ane-transformers and Apple's article "Deploying
-Transformers on the Apple Neural Engine" (2022), not copied from it. The principles used:
+Written from apple/ml-ane-transformers (its reference code and README, which point to
+Apple's research article on the same principles), not copied from it. The principles used:
 
 1. Data format (B, C, 1, S): channels on axis 1, the sequence on the last axis, which the
    Neural Engine keeps contiguous. Linear layers become 1x1 convolutions over that layout.
 2. Chunked attention: q, k and v are split per head and each head's scores and weighted sum
    are computed on its own (B, S, S) tensor, instead of one (B, heads, S, S) tensor.
-3. Fewer memory copies: no transpose or reshape inside a layer. Layer norm reduces over
-   the channel axis in place instead of moving channels last.
+3. Fewer memory copies: inside a layer the converted program has no transpose and no
+   reshape (one squeeze and one expand_dims per layer, which drop and restore the unit axis).
+   Layer norm reduces over the channel axis where it is, instead of moving channels last.
 
 It computes the same function as `workloads.models.Encoder` with the same weights (see
 `EncoderANE.from_standard`), and takes and returns (B, S, C) like it, so the two are
@@ -20,8 +21,8 @@ uses einsum for the scores. Here the scores are `matmul(k_h^T, q_h)` on (B, C/he
 tensors, which coremltools turns into one `matmul(transpose_x=True)` op (its
 `fuse_transpose_matmul` pass folds torch's transpose into the matmul's flag), so the
 converted program holds no `transpose` op inside the layers. The unit axis is dropped
-for the attention core (a squeeze, which moves no data) because matmul works on the last
-two axes. FLOPs are the same as the standard layout's: the same products, in other
+for the attention core (a squeeze; in row-major memory the same bytes) because matmul works
+on the last two axes. FLOPs are the same as the standard layout's: the same products, in other
 shapes (see `AttentionSpec.flop_per_step`).
 """
 

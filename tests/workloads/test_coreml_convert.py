@@ -186,16 +186,26 @@ def test_the_ane_variant_converts_to_convs_and_keeps_transposes_at_the_edges(
     assert standard.count("linear") == 4 * CI.attention.layers and "conv" not in standard
 
 
-def test_the_ane_variant_normalises_over_the_channel_axis(
+def test_the_ane_variant_works_on_the_channel_axis(
         converted: dict[tuple[str, str], CachedModel]) -> None:
+    """Layer norm over axis 1 of (B, C, 1, S); per-head scores contract over the channels
+    with matmul(transpose_x=True) (torch's transpose of k folded into the op)."""
     ml = load_spec(converted[("attention-ane", "fp16")])
-    ints = {op.outputs[0].name: list(op.attributes["val"].immediateValue.tensor.ints.values)
-            for op in mil_ops(ml) if op.type == "const"
-            and op.attributes["val"].WhichOneof("value") == "immediateValue"}
+    consts = {op.outputs[0].name: op.attributes["val"].immediateValue.tensor
+              for op in mil_ops(ml) if op.type == "const"
+              and op.attributes["val"].WhichOneof("value") == "immediateValue"}
+
+    def const(op: Any, argument: str) -> list[Any]:
+        tensor = consts[op.inputs[argument].arguments[0].name]
+        return list(tensor.ints.values) or list(tensor.bools.values)
+
     norms = [op for op in mil_ops(ml) if op.type == "layer_norm"]
     assert len(norms) == 2 * ANE.layers
-    # (B, C, 1, S): the channel axis is 1.
-    assert all(ints[op.inputs["axes"].arguments[0].name] == [1] for op in norms)
+    assert all(const(op, "axes") == [1] for op in norms)
+    flags = sorted((const(op, "transpose_x"), const(op, "transpose_y"))
+                   for op in mil_ops(ml) if op.type == "matmul")
+    per_kind = ANE.heads * ANE.layers
+    assert flags == [([False], [False])] * per_kind + [([True], [False])] * per_kind
 
 
 def test_second_run_hits_the_cache(converted: dict[tuple[str, str], CachedModel],
