@@ -58,6 +58,7 @@ class Config:
     worker_max_age_seconds: float = 0.0  # replace a worker this old (0: never)
     worker_max_memory_growth: float = 2.0  # replace a worker whose memory grew past this x (0: never)
     prepare_ahead: bool = True
+    attention_variants: dict[str, str] = field(default_factory=dict)  # backend -> standard | ane
     seed: int = 0
     sampler_interval_seconds: float = 1.0
     sources: dict[str, Any] = field(default_factory=dict)
@@ -207,6 +208,22 @@ def _backends(key: str, value: Any) -> str:
     return ",".join(items)
 
 
+def _variants(key: str, value: Any) -> dict[str, str]:
+    """A table backend = variant, e.g. {mps = "ane"}: which attention layout each backend runs
+    (unlisted backends: their default, `ane` on coreml-ane, else `standard`)."""
+    from workloads.backends import BACKEND_NAMES
+    from workloads.phases import ATTENTION_VARIANTS
+
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, value, "expected a table of backend = variant")
+    for backend, variant in value.items():
+        if backend not in BACKEND_NAMES:
+            raise ConfigError(f"{key}.{backend}", variant, f"unknown backend (choose from {', '.join(BACKEND_NAMES)})")
+        if variant not in ATTENTION_VARIANTS:
+            raise ConfigError(f"{key}.{backend}", variant, f"expected one of {', '.join(ATTENTION_VARIANTS)}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
 def _baseline_policy(key: str, value: Any) -> str:
     """`cached`, `before` or `off` (true/false kept for old configs: cached / off)."""
     from workloads.baseline import POLICIES
@@ -237,6 +254,7 @@ SETTINGS: dict[tuple[str, str], tuple[str, Any]] = {
     ("workload", "worker_max_age_seconds"): ("worker_max_age_seconds", _non_negative),
     ("workload", "worker_max_memory_growth"): ("worker_max_memory_growth", _non_negative),
     ("workload", "prepare_ahead"): ("prepare_ahead", _bool),
+    ("workload", "attention_variants"): ("attention_variants", _variants),
     ("workload", "seed"): ("seed", _int),
     ("sampler", "interval_seconds"): ("sampler_interval_seconds", _positive),
     ("micro", "profile"): ("micro_profile", _choice(("ci", "light", "heavy"))),

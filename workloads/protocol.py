@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from workloads.micro.results import MicroProfile, MicroResult
-from workloads.phases import PhaseSpec
+from workloads.phases import PhaseSpec, variant_of
 
 # --- how a slice ran -------------------------------------------------------------------------
 
@@ -64,7 +64,7 @@ class RunConfig:
         """The run configuration of `spec` on `backend` (shapes and variant from the spec)."""
         return cls(phase=spec.name, backend=backend, device=device, precision=precision,
                    shapes=spec_shapes(spec), technique=technique, memory_format=memory_format,
-                   variant=str(getattr(spec, "variant", "standard")), tf32=tf32)
+                   variant=variant_of(spec), tf32=tf32)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields plus `key`, for JSON and the journal."""

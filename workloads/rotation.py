@@ -27,7 +27,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from workloads.backends import (
@@ -37,7 +37,7 @@ from workloads.backends import (
     resolve_backends,
 )
 from workloads.baseline import DEFAULT_MAX_AGE_S, BaselineRecord, load_baseline, store_baseline
-from workloads.phases import PHASE_NAMES, PhaseSpec, Profile
+from workloads.phases import PHASE_NAMES, AttentionSpec, PhaseSpec, Profile, default_attention_variant
 from workloads.process import InProcessWorker, Worker, probe
 from workloads.protocol import (
     Availability,
@@ -377,12 +377,14 @@ class RotationRunner:
     # -- one phase --
 
     def _spec(self, phase: str, backend: str) -> PhaseSpec:
+        """The phase's spec as `backend` runs it: the attention variant is the plan's choice for
+        the backend, else the one set in the profile (an override applies to every backend),
+        else the backend's default (`ane` on coreml-ane)."""
         spec = self.plan.profile.spec(phase)
-        variant = self.plan.variants.get(backend)
-        if variant is not None and hasattr(spec, "variant"):
-            from dataclasses import replace
-
-            spec = replace(spec, variant=variant)  # type: ignore[call-arg]
+        if isinstance(spec, AttentionSpec):
+            variant = self.plan.variants.get(backend) or (
+                spec.variant if spec.variant != "standard" else default_attention_variant(backend))
+            spec = replace(spec, variant=variant)
         return spec
 
     def _lanes(self, phase: str, precision: str) -> list[_Lane]:

@@ -324,3 +324,30 @@ def test_speedups() -> None:
     rows = summarize(results)
     assert rows[3]["speedup_vs_cpu"] == pytest.approx(80.0)
     assert rows[1]["flop_per_second"] == pytest.approx(200_000.0)
+
+
+def test_attention_variant_per_backend() -> None:
+    """coreml-ane runs the Neural Engine layout by default, everything else the standard one; a
+    plan can choose per backend, and a profile override applies to every backend."""
+    plan = RotationPlan(profile=PROFILES["ci"], backends=["cpu"], in_process=True)
+    runner = RotationRunner(plan)
+    assert runner._spec("attention", "coreml-ane").variant == "ane"  # type: ignore[union-attr]
+    assert runner._spec("attention", "cpu").variant == "standard"  # type: ignore[union-attr]
+    assert runner._spec("matmul", "coreml-ane") == PROFILES["ci"].matmul
+    plan.variants = {"cpu": "ane", "coreml-ane": "standard"}
+    assert runner._spec("attention", "cpu").variant == "ane"  # type: ignore[union-attr]
+    assert runner._spec("attention", "coreml-ane").variant == "standard"  # type: ignore[union-attr]
+    plan.variants = {}
+    plan.profile = get_profile("ci", {"attention.variant": "ane"})
+    assert runner._spec("attention", "mps").variant == "ane"  # type: ignore[union-attr]
+
+
+def test_the_variant_is_part_of_the_run_label() -> None:
+    plan = RotationPlan(profile=PROFILES["ci"], backends=["cpu"], phases=["attention"], steps=2,
+                        precisions=["fp32"], in_process=True, variants={"cpu": "ane"})
+    (result,) = RotationRunner(plan).run()
+    assert result.run is not None and result.run.variant == "ane" and "variant=ane" in result.run.shapes
+    standard = RotationPlan(profile=PROFILES["ci"], backends=["cpu"], phases=["attention"], steps=2,
+                            precisions=["fp32"], in_process=True)
+    (other,) = RotationRunner(standard).run()
+    assert other.run is not None and other.run.key != result.run.key
