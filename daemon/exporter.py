@@ -26,6 +26,7 @@ from daemon.levels import LEVELS, level_ordinal
 from daemon.metric_catalog import BY_NAME, MetricDef
 from daemon.stability import StabilityTracker
 from workloads.micro.results import MicroResult
+from workloads.placement import ane_share
 from workloads.protocol import Check, Failure, Prepared, RunConfig, Steps, Warmup
 from workloads.rotation import (
     FallbackTaken,
@@ -85,6 +86,7 @@ class WorkloadMetrics:
         self.load_gap = i("soakd_load_gap_seconds_total")
         self.phase_seconds = i("soakd_phase_seconds_total")
         self.run_info = i("soakd_run_info")
+        self.ane_ratio = i("soakd_compute_plan_ane_ratio")
         self.rotations = i("soakd_rotations_total")
         self.rotation_duration = i("soakd_rotation_duration_seconds", buckets=ROTATION_BUCKETS)
         self.rotation_active = i("soakd_rotation_active")
@@ -148,6 +150,9 @@ class WorkloadMetrics:
             elif isinstance(event, Prepared):
                 self.prepare.labels(*key).set(event.prepare_seconds)
                 self._set_run(key, event.run)
+                share = ane_share(event.info)
+                if share is not None:
+                    self.ane_ratio.labels(*key, event.run.variant).set(share)
             elif isinstance(event, Warmup):
                 self.warmup.labels(*key).set(event.seconds)
                 if event.run is not None:

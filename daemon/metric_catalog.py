@@ -64,6 +64,10 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("soakd_phase_seconds_total", "counter", WORKLOAD,
               "Wall seconds of this series' slice turns within phases (measured time plus load gap); "
               "1 - rate(load_gap)/rate(phase_seconds) is the duty cycle."),
+    MetricDef("soakd_compute_plan_ane_ratio", "gauge", (*WORKLOAD, "variant"),
+              "Core ML's estimated share (0-1) of the model's cost placed on the Neural Engine, from "
+              "MLComputePlan (macOS 14.4+): an estimate before running, not a measurement; absent "
+              "where no compute plan is available."),
     MetricDef("soakd_run_info", "gauge", (*WORKLOAD, *RUN_CONFIG),
               "How the series' slices run now (1): shapes, technique (eager, cuda_graph, coreml), "
               "memory format, model variant, TF32, and run_key, a digest of all of them. Figures "
