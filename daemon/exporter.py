@@ -182,7 +182,7 @@ class WorkloadMetrics:
         self.run_info.labels(*key, *_run_labels(run)).set(1)
 
     def _steps(self, key: Key, event: Steps, flop_per_step: int) -> None:
-        count = len(event.durations)
+        count = event.steps
         self.steps.labels(*key).inc(count)
         self.flop.labels(*key).inc(count * flop_per_step)
         histogram = self.step_duration.labels(*key)

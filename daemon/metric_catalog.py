@@ -28,7 +28,10 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("soakd_flop_total", "counter", WORKLOAD,
               "Floating-point operations done, from the phase's analytic FLOP count per step."),
     MetricDef("soakd_step_duration_seconds", "histogram", WORKLOAD,
-              "Per-step latency, device-synchronised at step boundaries."),
+              "Per-step latency, each observation one step timed on its own (device events or a "
+              "synchronised clock at its boundaries). Steps under 1 ms on CUDA run in timed groups "
+              "for throughput; their latencies are a 1-in-16 sample of groups timed step by step, "
+              "so _count can be below soakd_steps_total."),
     MetricDef("soakd_step_failures_total", "counter", (*WORKLOAD, "reason"),
               "Failed slices or steps, by reason."),
     MetricDef("soakd_fallbacks_total", "counter", ("phase", "backend", "to_backend", "reason"),

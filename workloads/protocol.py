@@ -257,18 +257,23 @@ class Warmup:
 
 @dataclass(frozen=True)
 class Steps:
-    """Measured steps of one segment: each step's duration, the segment's synchronised time.
+    """Measured steps of one segment: how many, their latencies, the segment's time.
 
-    `durations` has one entry per step (steps timed in a group share the group's mean; see
-    workloads/measure.py). `seconds` runs from one device synchronisation to the next and is
-    what throughput divides by; `started`/`ended` place it on the monotonic clock.
+    `steps` counts every step run; `seconds` runs from one device synchronisation to the next
+    and is what throughput divides by; `started`/`ended` place it on the monotonic clock.
+    `durations` are step latencies each measured on its own: every step's when each step is
+    timed (`sampled` False); when short steps on an asynchronous clock are timed in groups,
+    only the steps of a sample of groups timed step by step (`sampled` True), so p99 and max
+    are measured latencies, never group means (workloads/measure.py).
     """
 
+    steps: int
     durations: tuple[float, ...]
     seconds: float
     started: float
     ended: float
     memory: MemorySample
+    sampled: bool = False
 
 
 @dataclass(frozen=True)

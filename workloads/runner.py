@@ -131,7 +131,7 @@ class SliceResult:
 
     def _absorb_steps(self, event: Steps) -> None:
         self.durations.extend(event.durations)
-        self.steps += len(event.durations)
+        self.steps += event.steps
         self.seconds += event.seconds
         self.segments.append((event.started, event.ended))
         if math.isnan(self.first_started):

@@ -29,7 +29,7 @@ def labels(ctx: SliceContext) -> dict[str, str]:
 
 
 def steps(count: int, seconds: float = 1.0) -> Steps:
-    return Steps(durations=(seconds / count,) * count, seconds=seconds, started=0.0, ended=seconds,
+    return Steps(steps=count, durations=(seconds / count,) * count, seconds=seconds, started=0.0, ended=seconds,
                  memory=MEMORY)
 
 
