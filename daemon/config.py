@@ -59,6 +59,7 @@ class Config:
     worker_max_memory_growth: float = 2.0  # replace a worker whose memory grew past this x (0: never)
     prepare_ahead: bool = True
     attention_variants: dict[str, str] = field(default_factory=dict)  # backend -> standard | ane
+    devices: tuple[str, ...] | None = None  # device indices of a multi-device backend; None: all
     seed: int = 0
     sampler_interval_seconds: float = 1.0
     sources: dict[str, Any] = field(default_factory=dict)
@@ -224,6 +225,23 @@ def _variants(key: str, value: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()}
 
 
+def _devices(key: str, value: Any) -> tuple[str, ...] | None:
+    """`all` (every visible device) or device indices: a list [0, 1] or a comma list "0,1"."""
+    if isinstance(value, str) and value.strip() == "all":
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not items:
+        raise ConfigError(key, value, 'expected "all" or a list of device indices')
+    out: list[str] = []
+    for item in items:
+        text = str(item).strip()
+        if isinstance(item, bool) or not text.isdigit():
+            raise ConfigError(key, value, f"{item!r} is not a device index (0, 1, ...)")
+        if str(int(text)) not in out:
+            out.append(str(int(text)))
+    return tuple(out)
+
+
 def _baseline_policy(key: str, value: Any) -> str:
     """`cached`, `before` or `off` (true/false kept for old configs: cached / off)."""
     from workloads.baseline import POLICIES
@@ -255,6 +273,7 @@ SETTINGS: dict[tuple[str, str], tuple[str, Any]] = {
     ("workload", "worker_max_memory_growth"): ("worker_max_memory_growth", _non_negative),
     ("workload", "prepare_ahead"): ("prepare_ahead", _bool),
     ("workload", "attention_variants"): ("attention_variants", _variants),
+    ("workload", "devices"): ("devices", _devices),
     ("workload", "seed"): ("seed", _int),
     ("sampler", "interval_seconds"): ("sampler_interval_seconds", _positive),
     ("micro", "profile"): ("micro_profile", _choice(("ci", "light", "heavy"))),

@@ -47,6 +47,7 @@ def plan_from_config(config: Config) -> RotationPlan:
         precisions=parse_precisions(",".join(config.precisions)),
         mode=config.mode,  # type: ignore[arg-type]
         seed=config.seed, cpu_baseline=config.cpu_baseline, variants=dict(config.attention_variants),
+        devices=config.devices,
         workers=WorkerPolicy(max_age_s=config.worker_max_age_seconds,
                              max_memory_growth=config.worker_max_memory_growth,
                              prepare_ahead=config.prepare_ahead))

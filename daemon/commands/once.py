@@ -50,6 +50,8 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--steps", type=int, metavar="N", help="measured steps per backend and phase")
     parser.add_argument("--slice", type=float, metavar="SECONDS", dest="slice_seconds",
                         help="alternate backends in slices of this length")
+    parser.add_argument("--devices", default="all", metavar="all|0,1,...",
+                        help="device indices of a multi-device backend (CUDA), or all (default)")
     parser.add_argument("--mode", default="alternate", choices=MODES,
                         help="how several backends share a phase (default: alternate)")
     parser.add_argument("--cpu-baseline", choices=POLICIES, default="cached",
@@ -93,10 +95,20 @@ def plan_from_args(args: argparse.Namespace) -> RotationPlan:
         backends=backends,
         phases=_comma_list(args.phases, PHASE_NAMES, "phase"),
         precisions=precisions,
+        devices=_devices(args.devices),
         mode=args.mode,
         steps=args.steps,
         cpu_baseline=args.cpu_baseline,
     )
+
+
+def _devices(text: str) -> tuple[str, ...] | None:
+    if text.strip() == "all":
+        return None
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    if not items or not all(item.isdigit() for item in items):
+        raise UsageError(f"--devices: expected all or device indices like 0,1, got {text!r}")
+    return tuple(dict.fromkeys(str(int(item)) for item in items))
 
 
 class Progress:
