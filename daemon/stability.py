@@ -60,7 +60,15 @@ class StabilityTracker:
         return sum(s.flop for s in segments) / total if total > 0 else None
 
     def sustained_ratio(self) -> float | None:
-        """Throughput over the last minute / throughput over the first minute after warm-up."""
+        """Throughput over the last minute / throughput over the first minute after warm-up.
+
+        None until the two windows are disjoint (at least BASELINE_SECONDS + RECENT_SECONDS of
+        measured time): before that they share measured time and the ratio is 1 by
+        construction, not by measurement. (The verdicts' stability score is another figure:
+        the worst loop over the best loop.)
+        """
+        if self.measured < BASELINE_SECONDS + RECENT_SECONDS - 1e-9:
+            return None
         if self.baseline_seconds <= 0 or self.baseline_flop <= 0:
             return None
         recent = self.throughput(RECENT_SECONDS)

@@ -11,12 +11,29 @@ def test_sustained_ratio_compares_last_minute_with_first_minute() -> None:
     tracker = StabilityTracker(phase_started_wall=0.0)
     for _ in range(240):  # 60 s at 100 FLOP/s
         tracker.add(0.25, 25.0)
-    assert tracker.sustained_ratio() == pytest.approx(1.0)
+    assert tracker.sustained_ratio() is None  # one window: no ratio yet, not 1.000
     for _ in range(240):  # then 60 s at 80 FLOP/s: throttled to 80%
         tracker.add(0.25, 20.0)
     assert tracker.sustained_ratio() == pytest.approx(0.8)
     assert tracker.throughput() == pytest.approx(80.0)
     assert tracker.variation() == pytest.approx(0.0)
+
+
+def test_sustained_ratio_is_absent_until_the_windows_are_disjoint() -> None:
+    """Throughput halved mid-phase in a 60 s phase: the first and last minute are the same
+    minute, so the old ratio read 1.000 by construction. Now it is absent until two disjoint
+    minutes exist, and then it reads the drop."""
+    tracker = StabilityTracker(phase_started_wall=0.0)
+    for _ in range(120):  # 30 s at 100 FLOP/s
+        tracker.add(0.25, 25.0)
+    for _ in range(120):  # 30 s at 50 FLOP/s
+        tracker.add(0.25, 12.5)
+    assert tracker.sustained_ratio() is None
+    for _ in range(239):  # not yet two full minutes of measured time
+        tracker.add(0.25, 12.5)
+    assert tracker.sustained_ratio() is None
+    tracker.add(0.25, 12.5)
+    assert tracker.sustained_ratio() == pytest.approx(50.0 / 75.0)
 
 
 def test_variation_is_the_coefficient_of_variation() -> None:

@@ -27,7 +27,7 @@ from workloads.phases import (
     variant_of,
 )
 from workloads.protocol import Check, RunSlice, SliceDone, WorkerEvent
-from workloads.reference import TOLERANCE, compute_reference, reference_output, relative_error
+from workloads.reference import compute_reference, reference_output, relative_error, tolerance
 
 CI = PROFILES["ci"].attention
 # ci and light shapes, plus an uneven one: batch 3, 3 heads of 8, FFN 2x, odd sequence.
@@ -67,7 +67,7 @@ def test_fp32_output_is_within_the_fp32_tolerance_of_the_float64_reference(shape
     # The reference the runtime check uses (sample 0, float64, standard layout).
     reference = compute_reference(spec, 0)
     error = relative_error(out[:1], reference)
-    assert error <= TOLERANCE["fp32"]
+    assert error <= tolerance(spec, "fp32")
     assert error < 1e-5  # in fact fp32 rounding only
     standard, _ = build(replace(spec, variant="standard"), 0)
     with torch.inference_mode():
@@ -168,6 +168,6 @@ def test_the_ane_variant_runs_the_cpu_step_loop_and_passes_the_reference_check(p
     request = RunSlice(slice_id=1, duration_s=None, max_steps=4, warmup_steps=1, check_every=2)
     measure(workload, request, events.append, state=CheckState(reference=compute_reference(spec, 0)))
     checks = [e for e in events if isinstance(e, Check)]
-    assert checks and all(c.ok and c.tolerance == TOLERANCE[precision] for c in checks)
+    assert checks and all(c.ok and c.tolerance == tolerance(spec, precision) for c in checks)
     assert isinstance(events[-1], SliceDone) and events[-1].steps == 4
     assert workload.run is not None and workload.run.variant == "ane"

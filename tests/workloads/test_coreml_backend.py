@@ -36,7 +36,7 @@ from workloads.models import build
 from workloads.phases import PhaseSpec, get_profile
 from workloads.placement import ane_share, variant_placements
 from workloads.protocol import Check, Prepared, RunSlice, SliceDone, Steps, WorkerEvent
-from workloads.reference import TOLERANCE, compute_reference
+from workloads.reference import compute_reference, tolerance
 from workloads.rotation import RotationPlan, RotationRunner
 from workloads.timing import SyncClock
 
@@ -263,7 +263,7 @@ def test_steps_reuse_buffers_are_timed_and_checked_against_the_reference(
     # since the last check), and passed.
     checks = [e for e in events if isinstance(e, Check)]
     assert [c.step for c in checks] == [0, 6]
-    assert all(c.ok and c.tolerance == TOLERANCE["fp16"] for c in checks)
+    assert all(c.ok and c.tolerance == tolerance(spec, "fp16") for c in checks)
     assert all(0 < c.relative_error < 1e-2 for c in checks)
     done = events[-1]
     assert isinstance(done, SliceDone) and done.steps == 6
