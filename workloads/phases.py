@@ -224,6 +224,21 @@ PROFILES: dict[str, Profile] = {
         check_every=50,
         cpu_baseline_seconds=60,
     ),
+    # For a host whose only backend is the CPU: the heavy conv step takes ~28 s on 2 cores, so
+    # a heavy rotation runs for hours. These shapes take 0.05-0.8 s a step on 2 cores here
+    # (matmul 8.6, conv 6.4, attention 22.5 GFLOP), with the heavy profile's durations.
+    "cpu": Profile(
+        name="cpu",
+        matmul=MatmulSpec(batch=4, n=1024),
+        conv=ConvSpec(batch=1, size=256, stage_channels=(32, 64, 128, 256, 512)),
+        attention=AttentionSpec(batch=1, seq=512, d_model=512, heads=8, layers=6),
+        phase_seconds=20 * 60,
+        slice_seconds=60,
+        warmup_steps=2,
+        check_every=20,
+        cpu_baseline_seconds=0,
+        prepare_timeout_seconds=300,
+    ),
     "light": Profile(
         name="light",
         matmul=MatmulSpec(batch=4, n=512),
@@ -316,3 +331,43 @@ def get_profile(name: str, overrides: dict[str, Any] | None = None) -> Profile:
         raise KeyError(f"unknown profile {name!r} (choose from {', '.join(PROFILES)})")
     return with_overrides(PROFILES[name], overrides or {})
 
+
+
+AUTO_PROFILE = "auto"
+# Rotation time that is not phase time: the backend probe, the first phase's preparation and
+# the hand-overs (a few seconds each), with room to spare.
+ROTATION_OVERHEAD_S = 60.0
+
+
+def auto_profile(backends: list[str]) -> tuple[str, str]:
+    """The profile `auto` picks for the resolved backends, and why (one line).
+
+    Any accelerator (cuda, mps, a Core ML backend) gets the heavy shapes the seeds define; a
+    host where only the CPU runs gets the `cpu` shapes, which it finishes in its hour.
+    """
+    accelerators = [name for name in backends if name != "cpu"]
+    if accelerators:
+        return "heavy", f"an accelerator runs here ({', '.join(accelerators)}): the seeds' heavy shapes"
+    return "cpu", ("only the CPU runs here: the heavy shapes would take hours a rotation (a heavy "
+                   "conv step is ~28 s on 2 cores), the cpu shapes take under a second a step")
+
+
+def estimated_rotation_seconds(profile: Profile, phase_units: int, baseline_phases: int = 0) -> float:
+    """A rotation's planned wall time: its phases, CPU baselines to measure, and overhead (s)."""
+    return profile.phase_seconds * phase_units + profile.cpu_baseline_seconds * baseline_phases \
+        + ROTATION_OVERHEAD_S
+
+
+def fit_to_interval(profile: Profile, interval_s: float, phase_units: int) -> Profile:
+    """`profile` with phases shortened (never lengthened) so a rotation fits `interval_s`.
+
+    With the default hour and three phases the heavy profile's 20-minute phases become 19
+    (57 minutes of phases plus overhead): back-to-back rotations would otherwise leave no
+    idle time and every rotation would start late.
+    """
+    budget = interval_s - ROTATION_OVERHEAD_S
+    if phase_units <= 0 or budget <= 0 or profile.phase_seconds * phase_units <= budget:
+        return profile
+    minutes = math.floor(budget / phase_units / 60.0)
+    seconds = minutes * 60.0 if minutes >= 1 else budget / phase_units
+    return replace(profile, phase_seconds=max(profile.slice_seconds, seconds))
