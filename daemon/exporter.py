@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from daemon.levels import LEVELS, level_ordinal
 from daemon.metric_catalog import BY_NAME, MetricDef
 from daemon.stability import StabilityTracker
+from daemon.verdicts import DeviceVerdict
 from workloads.micro.results import MicroResult
 from workloads.placement import ane_share
 from workloads.protocol import Check, Failure, Prepared, RunConfig, Steps, Warmup
@@ -87,6 +88,8 @@ class WorkloadMetrics:
         self.phase_seconds = i("soakd_phase_seconds_total")
         self.run_info = i("soakd_run_info")
         self.ane_ratio = i("soakd_compute_plan_ane_ratio")
+        self.device_relative = i("soakd_device_relative_throughput_ratio")
+        self.device_outlier = i("soakd_device_outlier")
         self.rotations = i("soakd_rotations_total")
         self.rotation_duration = i("soakd_rotation_duration_seconds", buckets=ROTATION_BUCKETS)
         self.rotation_active = i("soakd_rotation_active")
@@ -169,6 +172,15 @@ class WorkloadMetrics:
             elif isinstance(event, FallbackTaken):
                 self.fallbacks.labels(phase=context.phase, backend=event.from_backend,
                                       to_backend=event.to_backend or "none", reason=event.reason).inc()
+
+    def device_verdicts(self, phase: str, backend: str, precision: str,
+                        verdicts: dict[str, DeviceVerdict]) -> None:
+        """A phase's per-device verdicts (daemon/verdicts.py)."""
+        with self._lock:
+            for device, verdict in verdicts.items():
+                key = (phase, backend, precision, device)
+                self.device_relative.labels(*key).set(verdict.relative)
+                self.device_outlier.labels(*key).set(1 if verdict.outlier else 0)
 
     def _set_run(self, key: Key, run: RunConfig) -> None:
         old = self.runs.get(key)

@@ -71,6 +71,13 @@ METRICS: tuple[MetricDef, ...] = (
               "Core ML's estimated share (0-1) of the model's cost placed on the Neural Engine, from "
               "MLComputePlan (macOS 14.4+): an estimate before running, not a measurement; absent "
               "where no compute plan is available."),
+    MetricDef("soakd_device_relative_throughput_ratio", "gauge", WORKLOAD,
+              "A device's sustained throughput in its last phase (second half of its slices) over the "
+              "host's median device of the same backend and precision; only on hosts with several "
+              "devices."),
+    MetricDef("soakd_device_outlier", "gauge", WORKLOAD,
+              "1 when the device's relative throughput in its last phase was below the outlier ratio "
+              "(default 0.95), else 0; only on hosts with several devices."),
     MetricDef("soakd_run_info", "gauge", (*WORKLOAD, *RUN_CONFIG),
               "How the series' slices run now (1): shapes, technique (eager, cuda_graph, coreml), "
               "memory format, model variant, TF32, and run_key, a digest of all of them. Figures "

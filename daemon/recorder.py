@@ -20,6 +20,7 @@ from daemon.journal import Journal
 from daemon.records import SliceRow
 from daemon.sampler import Sampler, Snapshot
 from daemon.stability import system_energy
+from daemon.verdicts import DEFAULT_OUTLIER_RATIO, device_outliers, sustained_throughput
 from workloads.backends import parse_backends, parse_precisions
 from workloads.phases import get_profile
 from workloads.protocol import Check, Failure
@@ -97,6 +98,9 @@ class Recorder:
         self.progress = Progress()
         self._phases: list[str] = []
         self._windows: dict[int, tuple[float, Snapshot]] = {}  # slice id -> (unix start, snapshot)
+        # this phase's measured (FLOP, seconds) per slice, by (backend, precision, device)
+        self._phase_slices: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+        self.outlier_ratio = DEFAULT_OUTLIER_RATIO
 
     def begin(self, rotation_id: int, plan: RotationPlan) -> None:
         """A rotation starts (journaled as `rotation_id`)."""
@@ -146,14 +150,37 @@ class Recorder:
             self.progress.planned_seconds, self.progress.slices = event.planned_seconds, event.slices
             self.progress.phase_started, self.progress.slice_index = event.started, 0
             self.metrics.begin_phase()
+            self._phase_slices.clear()
             self.log.info("phase_start", phase=event.phase, precision=event.precision,
                           phase_index=f"{self.progress.unit}/{self.progress.units}", slices=event.slices,
                           remaining_seconds=_round(self.progress.remaining_seconds()))
         elif isinstance(event, PhaseEnded):
+            self._judge_devices(event.phase)
             share = event.gap_seconds / event.wall_seconds if event.wall_seconds > 0 else 0.0
             self.log.info("phase_end", phase=event.phase, precision=event.precision,
                           wall_seconds=round(event.wall_seconds, 2), load_gap_seconds=round(event.gap_seconds, 3),
                           load_gap_share=round(share, 4))
+
+    def _judge_devices(self, phase: str) -> None:
+        """Name a device that fell behind the host's median device in this phase."""
+        groups: dict[tuple[str, str], dict[str, float]] = {}
+        for (backend, precision, device), slices in self._phase_slices.items():
+            value = sustained_throughput(slices)
+            if value is not None:
+                groups.setdefault((backend, precision), {})[device] = value
+        for (backend, precision), throughput in groups.items():
+            verdicts = device_outliers(throughput, self.outlier_ratio)
+            if not verdicts:
+                continue
+            self.metrics.device_verdicts(phase, backend, precision, verdicts)
+            for verdict in verdicts.values():
+                if verdict.outlier:
+                    detail = {"phase": phase, "backend": backend, "precision": precision,
+                              "device": verdict.device, "relative": round(verdict.relative, 4),
+                              "flop_per_second": verdict.flop_per_second, "ratio": self.outlier_ratio,
+                              "host": {d: v.flop_per_second for d, v in verdicts.items()}}
+                    self.log.warning("device_outlier", **detail)
+                    self.journal.add_event("device_outlier", detail, rotation_id=self.rotation_id)
 
     # --- slice-level events ---
 
@@ -198,6 +225,9 @@ class Recorder:
 
     def _end_slice(self, context: SliceContext, event: SliceEnded, log: Any) -> None:
         result = event.result
+        if not context.baseline and result.seconds > 0:
+            self._phase_slices.setdefault((context.backend, context.precision, context.device), []).append(
+                (float(result.flop), result.seconds))
         started_wall, start = self._windows.pop(result.slice_id, (time.time(), None))
         end = self.sampler.snapshot()
         energy = Sampler.energy_between(start, end) if start is not None else {}

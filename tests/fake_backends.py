@@ -181,3 +181,29 @@ class PerturbingBackend(CpuBackend):
     def prepare(self, spec: PhaseSpec, precision: str, seed: int,
                 options: PrepareOptions | None = None) -> PreparedWorkload:
         return _as(super().prepare(spec, precision, seed, options), _PerturbingWorkload)
+
+
+class _SlowStepWorkload(TorchWorkload):
+    def step(self) -> None:
+        super().step()
+        time.sleep(SLOW_STEP_S)
+
+
+# The extra time a step of the slow stand-in GPU takes.
+SLOW_STEP_S = 0.004
+
+
+class MultiDeviceBackend(CpuBackend):
+    """Three stand-in GPUs (devices "0", "1", "2"), each the CPU; device "2" is slow."""
+
+    name = "multi-fake"
+
+    def devices(self) -> tuple[str, ...]:
+        return ("0", "1", "2")
+
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int,
+                options: PrepareOptions | None = None) -> PreparedWorkload:
+        workload = super().prepare(spec, precision, seed, options)
+        if options is not None and options.device == "2":
+            return _as(workload, _SlowStepWorkload)
+        return workload
