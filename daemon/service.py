@@ -27,11 +27,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, start_http_server
 
 from daemon.config import Config, ConfigError, heavy_skip_reason, load_config
+from daemon.energy import system_energy
 from daemon.exporter import SnapshotCollector, WorkloadMetrics
 from daemon.journal import Journal
 from daemon.log import get_logger
 from daemon.sampler import Sampler, Snapshot, default_sources
-from daemon.stability import system_energy
 from workloads.backends import parse_backends, parse_precisions
 from workloads.host import host_info
 from workloads.phases import get_profile
@@ -184,6 +184,7 @@ class Service:
         self._last_level: str | None = None
         self._last_health: dict[str, bool] = {}
         self._last_telemetry = 0.0
+        self._last_event_seq = 0
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -495,7 +496,7 @@ class Service:
                                        rotation_id=self._rotation_id)
         self._last_throttles = throttles
         self._last_level = level
-        changed = False
+        changed = self._journal_telemetry(snap)
         for name, health in snap.health.items():
             if self._last_health.get(name) != health.up:
                 kind = "source_up" if health.up else "source_down"
@@ -515,6 +516,25 @@ class Service:
         if changed:  # `soakd status` reads this; no write while nothing changes
             self.journal.set_state("sources", {name: {"up": h.up, "reason": h.reason}
                                                for name, h in snap.health.items()})
+
+
+    def _journal_telemetry(self, snap: Snapshot) -> bool:
+        """Journal and log each new telemetry event of the sampler once (device health, hardware
+        errors, skipped readings, energy counter resets, gaps, the whole-system energy plan),
+        tagged with the rotation and the phase running when it is journaled (the sampler
+        stamps `monotonic` for a finer match). True when a device changed state."""
+        devices_changed = False
+        phase = self._phase_key[0] if self._phase_key else None
+        for event in snap.events:
+            if event.seq <= self._last_event_seq:
+                continue
+            self._last_event_seq = event.seq
+            detail = {**event.detail, "device": event.device, "phase": phase}
+            self.journal.add_event(event.kind, detail, source=event.source, rotation_id=self._rotation_id)
+            warn = event.kind in ("device_down", "hardware_error", "reading_unavailable", "energy_reset")
+            (self.log.warning if warn else self.log.info)(event.kind, source=event.source, **detail)
+            devices_changed |= event.kind in ("device_down", "device_up")
+        return devices_changed
 
 
 def _finite(value: float) -> float | None:

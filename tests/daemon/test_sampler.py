@@ -53,7 +53,12 @@ def test_snapshot_fields_are_exactly_the_agreed_ones():
     assert [f.name for f in dataclasses.fields(Snapshot)] == [
         "time", "monotonic", "energy_joules", "power_watts", "temperatures_celsius",
         "thermal_pressure", "thermal_seconds_total", "throttle_events_total", "clock_hertz",
-        "memory_bytes", "health"]
+        "memory_bytes", "health",
+        # added for per-device health, hardware errors, energy totals and throttle state
+        "power_method", "energy_resets_total", "system_energy_joules", "energy_breakdown",
+        "throttle_active", "throttle_known", "throttled_seconds_total", "devices", "reading_unavailable",
+        "reading_errors_total", "hardware_errors_total", "hardware_conditions", "power_limit_watts",
+        "gap_seconds_total", "events"]
     assert [f.name for f in dataclasses.fields(SourceHealth)] == [
         "name", "up", "reason", "last_error", "errors_total", "reads_total",
         "read_duration_seconds"]
