@@ -73,16 +73,16 @@ def energy_parts(components: Collection[str]) -> dict[str, str]:
         for part, total in spec.energy_parts(present).items():
             if part in present and total in present and part != total:
                 parents.setdefault(part, total)
-    for part in list(parents):  # drop cycles
-        seen = {part}
+    cyclic: set[str] = set()
+    for part in parents:  # every member of a cycle is dropped
+        path = [part]
         node = parents.get(part)
-        while node is not None:
-            if node in seen:
-                parents.pop(part, None)
-                break
-            seen.add(node)
+        while node is not None and node not in path:
+            path.append(node)
             node = parents.get(node)
-    return parents
+        if node is not None:
+            cyclic.update(path[path.index(node):])
+    return {part: total for part, total in parents.items() if part not in cyclic}
 
 
 def breakdown(components: Mapping[str, float]) -> EnergyBreakdown:
