@@ -99,13 +99,12 @@ def _non_negative(key: str, value: Any) -> float:
 
 
 def _bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(key, value, "expected true or false")
+    from daemon.sources.registry import parse_bool  # one parser for [sources] switches and the rest
+
+    try:
+        return parse_bool(value)
+    except ValueError as exc:
+        raise ConfigError(key, value, str(exc)) from None
 
 
 def _int(key: str, value: Any) -> int:

@@ -123,6 +123,10 @@ def run_status(args: argparse.Namespace) -> int:
                 for n, s in document["sources"].items() if not s["up"]]
         print(f"sources up: {', '.join(up) or '-'}")
         print(f"sources down: {', '.join(down) or '-'}")
+        devices = [f"{n}: {s['reason'].split('; down: ', 1)[1]}" for n, s in document["sources"].items()
+                   if s["up"] and "; down: " in (s["reason"] or "")]
+        if devices:  # a source that works with some devices down (a lost GPU, an unreadable zone)
+            print(f"devices down: {'; '.join(devices)}")
     if document["last_rotation"]:
         print("\n".join(_rotation_lines(document["last_rotation"])))
     else:

@@ -7,6 +7,7 @@ point names (a plugin installed beside soakd); each source module registers itse
 | module            | source name(s)                                | what                          |
 |-------------------|-----------------------------------------------|-------------------------------|
 | powermetrics      | `powermetrics`                                | macOS energy/power/thermal    |
+| powermetrics_plist| (parser only)                                 | plist output of powermetrics  |
 | powermetrics_text | (parser only)                                 | text logs of powermetrics     |
 | replay            | `replay`                                      | recorded powermetrics, demos  |
 | thermal_macos     | `thermal_notify`, `thermal_state`, `pmset`    | macOS thermal without root    |
@@ -15,6 +16,7 @@ point names (a plugin installed beside soakd); each source module registers itse
 | sysfs_thermal     | `sysfs_thermal`                               | Linux temperatures            |
 | memory            | `memory`                                      | RSS, system, swap, torch      |
 | counters          | (helper)                                      | counter wrap vs reset         |
+| registry          | (the registry)                                | SourceSpec, register, options |
 
 A plugin that fails to import is registered as a source that is always down, with the import
 error as its reason, so it shows in `soakd_source_up` and `soakd status` instead of crashing.

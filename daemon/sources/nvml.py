@@ -181,6 +181,9 @@ class NvmlSource(Source):
     def _watch_xid(self) -> None:
         nvml = self._nvml
         event_type = self._const("nvmlEventTypeXidCriticalError", XID_EVENT_TYPE)
+        if self._wait_function() is None:
+            self._xid_reason = ("function_not_found", "the binding has no nvmlEventSetWait")
+            return
         try:
             self._events = nvml.nvmlEventSetCreate()
         except (nvml.NVMLError, AttributeError) as exc:
@@ -303,21 +306,26 @@ class NvmlSource(Source):
         if previous is not None and current > previous:
             out.hardware_events.append(HardwareErrorEvent(gpu.name, kind, current - previous, current))
 
+    def _wait_function(self) -> Any:
+        return getattr(self._nvml, "nvmlEventSetWait_v2", None) or getattr(self._nvml, "nvmlEventSetWait", None)
+
     def _drain_xid(self, out: Reading) -> None:
+        """Take every XID event waiting in the event set, without waiting for more."""
         nvml = self._nvml
-        if self._events is None:
+        wait = self._wait_function()
+        if self._events is None or wait is None:
             return
         by_index = {g.index: g for g in self._gpus}
         for _ in range(MAX_EVENTS_PER_READ):
             try:
-                data = nvml.nvmlEventSetWait_v2(self._events, 0)
+                data = wait(self._events, 0)
             except nvml.NVMLError as exc:
                 if error_slug(exc) != "timeout":
                     out.issues.append(ReadingIssue("all", "xid", error_slug(exc), f"nvmlEventSetWait: {exc}"))
                 return
             try:
                 index = int(nvml.nvmlDeviceGetIndex(data.device))
-            except nvml.NVMLError:
+            except (nvml.NVMLError, AttributeError):
                 index = -1
             gpu = by_index.get(index)
             if gpu is None or gpu.xid_total is None:

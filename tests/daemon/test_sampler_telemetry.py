@@ -4,32 +4,11 @@ state and seconds, device health events, power methods, resets and gaps."""
 from __future__ import annotations
 
 import pytest
+from fake_sources import Clock, Scripted
 
 from daemon.energy import EnergyHistory
 from daemon.sampler import Sampler
-from daemon.sources.base import DeviceStatus, HardwareErrorEvent, Reading, ReadingIssue, Source
-
-
-class Clock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Scripted(Source):
-    """Returns the given readings in turn (the last one repeats)."""
-
-    def __init__(self, name: str, readings: list[Reading]) -> None:
-        self.name = name
-        self.readings = list(readings)
-
-    def available(self) -> tuple[bool, str]:
-        return True, "ok"
-
-    def read(self) -> Reading:
-        return self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
+from daemon.sources.base import DeviceStatus, HardwareErrorEvent, Reading, ReadingIssue
 
 
 def run(sampler: Sampler, clock: Clock, ticks: int, step: float = 1.0):

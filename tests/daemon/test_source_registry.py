@@ -4,7 +4,9 @@ other edit (issue 15)."""
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -152,3 +154,7 @@ def test_a_stand_in_source_module_shows_in_metrics_and_status(tmp_path: Path, pl
         assert "standin" in up.split(":", 1)[1].replace(",", " ").split(), status.stdout
     finally:
         process.stop()
+    # the whole-system energy plan counts the new rail beside the replayed Apple components
+    with sqlite3.connect(tmp_path / "state" / "journal.sqlite3") as db:
+        plans = [json.loads(d) for (d,) in db.execute("SELECT detail FROM events WHERE kind = 'energy_plan'")]
+    assert plans and "standin_rail" in plans[-1]["counted"] and "combined" in plans[-1]["counted"]

@@ -34,3 +34,15 @@ def test_status_and_history_count_psys_not_psys_plus_its_parts(tmp_path: Path, c
     assert code == 0
     assert "energy 24.0 J (dram + package + psys)" in out
     assert "note: psys read 0 J while its parts" in out
+
+
+def test_status_names_devices_down_in_a_working_source(tmp_path: Path, capsys) -> None:
+    state = tmp_path / "state"
+    journal = Journal(state / "journal.sqlite3")
+    journal.set_state("sources", {"nvml": {"up": True, "reason": "ok: 2 GPU(s); down: gpu1 (gpu_is_lost: GPU is lost)"},
+                                  "rapl": {"up": False, "reason": "unavailable: no powercap tree"}})
+    journal.close()
+    code, out, _ = run_main(["status", "--state-dir", str(state)], capsys)
+    assert code == 0
+    assert "sources up: nvml" in out
+    assert "devices down: nvml: gpu1 (gpu_is_lost: GPU is lost)" in out

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 from daemon_process import sample_value
+from fake_sources import Clock
 from nvml_standin import GPU_IS_LOST, fake_pynvml, gpu, nvml_error, pynvml
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -18,14 +19,6 @@ from daemon.sources.nvml import NvmlSource
 from daemon.telemetry_exporter import SnapshotCollector
 
 PROMTOOL = shutil.which("promtool")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Rapl(Source):
@@ -40,7 +33,7 @@ class Rapl(Source):
 
 @pytest.fixture
 def scrape():
-    clock = Clock()
+    clock = Clock(1000.0)
     module = fake_pynvml([
         gpu(energy_mj=[0, 300_000, 600_000], reasons=[0x4], pcie_replay=[2], power_limit_mw=[700_000],
             event_types=[pynvml.nvmlEventTypeXidCriticalError]),

@@ -9,6 +9,7 @@ import sys
 from unittest import mock
 
 import pytest
+from fake_sources import Clock
 from nvml_standin import (
     FUNCTION_NOT_FOUND,
     GPU_IS_LOST,
@@ -22,14 +23,6 @@ from nvml_standin import (
 
 from daemon.sampler import Sampler
 from daemon.sources.nvml import NvmlSource, decode_clock_event_reasons
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def source_for(module, **kwargs) -> NvmlSource:
