@@ -103,6 +103,7 @@ def _cuda() -> bool:
 
 
 def load(stop: threading.Event) -> None:
+    """A torch fp32 matmul loop on cuda:0 until `stop` is set."""
     import torch
 
     a = torch.randn(4096, 4096, device="cuda")
@@ -177,6 +178,7 @@ def sampler_view(reads: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Print the JSON described in the module docstring; 1 when nvidia-ml-py is missing."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reads", type=int, default=4, help="source reads / sampler ticks, 1 s apart (default 4)")
     parser.add_argument("--no-load", action="store_true", help="do not run a torch matmul loop on cuda:0")

@@ -55,6 +55,7 @@ class _State:
     metered: set[str] = field(default_factory=set)  # components that ever reported energy
 
     def health(self) -> SourceHealth:
+        """The immutable health record of this source now."""
         return SourceHealth(name=self.source.name, up=self.up, reason=self.reason,
                             last_error=self.last_error, errors_total=self.errors_total,
                             reads_total=self.reads_total,

@@ -107,9 +107,12 @@ class _Gpu:
     conditions: dict[str, bool] = field(default_factory=dict)
     power_limit_watts: float | None = None
     xid_total: int | None = None  # None: XID events not watched on this GPU
+    took: int = 0  # readings taken this tick
+    failed: str | None = None  # the first passing failure this tick
 
     @property
     def name(self) -> str:
+        """The device, component and sensor name: `gpu{index}`."""
         return f"gpu{self.index}"
 
 
@@ -228,7 +231,7 @@ class NvmlSource(Source):
                 self._missing.add(name)
                 continue
             try:
-                return function(gpu.handle, *args)
+                value = function(gpu.handle, *args)
             except nvml.NVMLError as exc:
                 slug = error_slug(exc)
                 if slug == "function_not_found":
@@ -240,7 +243,10 @@ class NvmlSource(Source):
                     gpu.unsupported[reading] = (slug, f"{name}: {exc}")
                     return None
                 out.issues.append(ReadingIssue(gpu.name, reading, slug, f"{name}: {exc}"))
+                gpu.failed = gpu.failed or f"{slug}: {name}: {exc}"
                 return None
+            gpu.took += 1
+            return value
         gpu.unsupported[reading] = ("function_not_found", f"the driver has none of {', '.join(names)}")
         return None
 
@@ -336,7 +342,11 @@ class NvmlSource(Source):
 
     def _state(self, gpu: _Gpu, out: Reading) -> None:
         """What this GPU's reading carries every time: health, lasting issues, counters."""
-        out.devices[gpu.name] = DeviceStatus(gpu.down is None, gpu.down or "ok")
+        if gpu.down is None and gpu.took == 0 and gpu.failed is not None:
+            # every reading tried this tick failed: down for this tick, with the first reason
+            out.devices[gpu.name] = DeviceStatus(False, gpu.failed)
+        else:
+            out.devices[gpu.name] = DeviceStatus(gpu.down is None, gpu.down or "ok")
         for reading, (slug, detail) in sorted(gpu.unsupported.items()):
             out.issues.append(ReadingIssue(gpu.name, reading, slug, detail, lasting=True))
         if "xid" not in gpu.unsupported and gpu.xid_total is None and self._xid_reason is not None:
@@ -358,6 +368,7 @@ class NvmlSource(Source):
             self._hardware_due = now + self.hardware_interval_s
         sees_clock_events = False
         for gpu in self._gpus:
+            gpu.took, gpu.failed = 0, None
             if gpu.down is not None:
                 if now < gpu.retry_at:
                     self._state(gpu, out)

@@ -25,8 +25,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import IO
+from collections.abc import Callable, Iterable, Mapping
+from typing import IO, Any
 
 from daemon.sources.base import Reading, Source, SourceError
 from daemon.sources.powermetrics_plist import (
@@ -43,7 +43,7 @@ from daemon.sources.powermetrics_plist import (
     sample_from_plist,
     split_plist_stream,
 )
-from daemon.sources.registry import SourceOption, SourceSpec, parse_positive_int, register
+from daemon.sources.registry import SourceOption, SourceSpec, parse_positive_float, parse_positive_int, register
 
 __all__ = ["COMPONENTS", "DEFAULT_SAMPLERS", "PlistStreamSplitter", "PowermetricsParseError",
            "PowermetricsSample", "PowermetricsSource", "build_sample", "parse_plist_document",
@@ -53,6 +53,9 @@ __all__ = ["COMPONENTS", "DEFAULT_SAMPLERS", "PlistStreamSplitter", "Powermetric
 
 def powermetrics_command(interval_ms: int, samplers: Iterable[str], executable: str,
                          sudo: bool) -> list[str]:
+    """The argv of the powermetrics child (`sudo -n` first when `sudo`): plist output every
+    `interval_ms`, unbuffered (`-b 0`), with the given samplers. The sudoers rule soakd installs
+    allows exactly this list (daemon/service_manager.py)."""
     command = [executable, "-f", "plist", "-i", str(interval_ms), "-b", "0",
                "--samplers", ",".join(samplers)]
     # -n: never prompt for a password (a prompt would hang the daemon forever).
@@ -136,6 +139,8 @@ class PowermetricsSource(Source):
         return self.sudo == "always"
 
     def available(self) -> tuple[bool, str]:
+        """macOS, powermetrics installed, and root or passwordless `sudo -n` for this exact
+        command line; otherwise (False, the reason)."""
         if self.platform != "darwin":
             return False, f"unavailable: powermetrics needs macOS (this is {self.platform})"
         path = self._resolved_executable()
@@ -249,6 +254,9 @@ class PowermetricsSource(Source):
                 f"restarting in {delay:.3g} s")
 
     def read(self) -> Reading:
+        """The samples parsed since the last read (energy summed over their measured windows),
+        gaps left by a replaced child, and notes on replacements. Starts or replaces the child
+        as needed; raises SourceError while it is not running or stalls."""
         if self._closed:
             raise SourceError("powermetrics source is closed")
         died = self._reap()
@@ -349,9 +357,18 @@ class PowermetricsSource(Source):
                 stream.close()
 
 
+def _build(options: Mapping[str, Any]) -> PowermetricsSource:
+    return PowermetricsSource(interval_ms=int(options.get("powermetrics_interval_ms", 1000)),
+                              max_age_s=3600.0 * float(options.get("powermetrics_restart_hours", 6.0)),
+                              max_rss_bytes=int(options.get("powermetrics_max_rss_mib", 256)) * 2**20)
+
+
 register(SourceSpec(
     name="powermetrics", description="macOS powermetrics (root or sudo -n): CPU/GPU/ANE energy, thermal pressure",
-    build=lambda options: PowermetricsSource(interval_ms=int(options.get("powermetrics_interval_ms", 1000))),
-    platforms=("darwin",), order=10, energy_parts=powermetrics_energy_parts,
+    build=_build, platforms=("darwin",), order=10, energy_parts=powermetrics_energy_parts,
     options=(SourceOption("powermetrics_interval_ms", parse_positive_int,
-                          "sampling interval of the powermetrics child in ms (default 1000)"),)))
+                          "sampling interval of the powermetrics child in ms (default 1000)"),
+             SourceOption("powermetrics_restart_hours", parse_positive_float,
+                          "replace the powermetrics child after this many hours (default 6)"),
+             SourceOption("powermetrics_max_rss_mib", parse_positive_int,
+                          "replace the powermetrics child when its RSS passes this many MiB (default 256)"))))

@@ -272,6 +272,8 @@ class PlistStreamSplitter:
         self._max = max_buffer
 
     def feed(self, data: bytes) -> list[bytes]:
+        """The documents completed by `data`; raises PowermetricsParseError when an unfinished
+        document outgrows the buffer (the buffer is dropped to resynchronise)."""
         documents, self._buffer = split_plist_stream(self._buffer + data)
         if len(self._buffer) > self._max:  # a runaway document: resynchronise on the next NUL
             self._buffer = b""

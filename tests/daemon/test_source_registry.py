@@ -38,7 +38,8 @@ def test_every_source_module_registered_itself():
 def test_config_keys_are_the_registry_switches_and_options(tmp_path: Path):
     keys = source_keys()
     assert set(keys) == {spec.name for spec in registry.specs()} | {
-        "powermetrics_interval_ms", "rapl_root", "thermal_root", "replay_file"}
+        "powermetrics_interval_ms", "powermetrics_restart_hours", "powermetrics_max_rss_mib", "rapl_root",
+        "thermal_root", "replay_file"}
     config = load_config(environ={"SOAKD_SOURCES_SYSFS_THERMAL": "off", "SOAKD_SOURCES_RAPL_ROOT": str(tmp_path),
                                   "XDG_CONFIG_HOME": str(tmp_path)})
     assert config.sources == {"sysfs_thermal": False, "rapl_root": str(tmp_path)}
@@ -55,6 +56,12 @@ def test_bad_source_settings_are_one_line_errors(tmp_path: Path, text: str, mess
     with pytest.raises(ConfigError) as error:
         load_config(path, environ={})
     assert str(error.value).startswith(message)
+
+
+def test_powermetrics_hygiene_options_reach_the_source():
+    [source] = [s for s in registry.build_sources({"powermetrics_restart_hours": 0.5, "powermetrics_max_rss_mib": 64},
+                                                  platform="darwin") if s.name == "powermetrics"]
+    assert (source.max_age_s, source.max_rss_bytes) == (1800.0, 64 * 2**20)  # type: ignore[attr-defined]
 
 
 def test_defaults_per_platform_and_switches():

@@ -264,3 +264,14 @@ def test_error_slugs_come_from_the_real_error_classes():
     assert error_slug(nvml_error(FUNCTION_NOT_FOUND)) == "function_not_found"
     assert error_slug(nvml_error(NOT_SUPPORTED)) == "not_supported"
     assert error_slug(PermissionError(13, "denied")) == "permission_denied"
+
+
+def test_a_gpu_whose_every_reading_fails_this_tick_is_down_for_the_tick():
+    broken = nvml_error(UNKNOWN)
+    module = fake_pynvml([gpu(), gpu(energy_mj=[0, broken, 10_000], temp_c=[61, broken, 61],
+                                     sm_mhz=[1980, broken, 1980], used=[1, broken, 1], reasons=[0, broken, 0])])
+    source = source_for(module)
+    readings = [source.read() for _ in range(3)]
+    assert [r.devices["gpu1"].up for r in readings] == [True, False, True]
+    assert readings[1].devices["gpu1"].reason.startswith("unknown: nvmlDeviceGetTotalEnergyConsumption")
+    assert all(r.devices["gpu0"].up for r in readings)
