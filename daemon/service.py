@@ -517,7 +517,6 @@ class Service:
             self.journal.set_state("sources", {name: {"up": h.up, "reason": h.reason}
                                                for name, h in snap.health.items()})
 
-
     def _journal_telemetry(self, snap: Snapshot) -> bool:
         """Journal and log each new telemetry event of the sampler once (device health, hardware
         errors, skipped readings, energy counter resets, gaps, the whole-system energy plan),
