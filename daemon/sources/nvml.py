@@ -251,7 +251,6 @@ class NvmlSource(Source):
         return None
 
     def _read_gpu(self, gpu: _Gpu, out: Reading, now: float, hardware: bool) -> None:
-        nvml = self._nvml
         name = gpu.name
         energy = self._call(gpu, "energy", out, ("nvmlDeviceGetTotalEnergyConsumption",))
         if energy is not None:
@@ -282,9 +281,9 @@ class NvmlSource(Source):
                 out.throttle_events[reason] = out.throttle_events.get(reason, 0) + 1
             gpu.active_reasons = set(active)
         if hardware:
-            self._read_hardware(gpu, out, nvml)
+            self._read_hardware(gpu, out)
 
-    def _read_hardware(self, gpu: _Gpu, out: Reading, nvml: Any) -> None:
+    def _read_hardware(self, gpu: _Gpu, out: Reading) -> None:
         limit = self._call(gpu, "power_limit", out, ("nvmlDeviceGetEnforcedPowerLimit",))
         if limit is not None:
             gpu.power_limit_watts = limit / 1000.0
