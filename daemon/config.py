@@ -104,13 +104,12 @@ def _non_negative(key: str, value: Any) -> float:
 
 
 def _bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(key, value, "expected true or false")
+    from daemon.sources.registry import parse_bool  # one parser for [sources] switches and the rest
+
+    try:
+        return parse_bool(value)
+    except ValueError as exc:
+        raise ConfigError(key, value, str(exc)) from None
 
 
 def _int(key: str, value: Any) -> int:
@@ -279,19 +278,31 @@ SETTINGS: dict[tuple[str, str], tuple[str, Any]] = {
     ("micro", "profile"): ("micro_profile", _choice(("ci", "light", "heavy"))),
     ("micro", "backends"): ("micro_backends", _backends),
 }
-# [sources] keys handed to the telemetry sources as they are (validated by type here).
-SOURCE_KEYS: dict[str, Any] = {
-    "powermetrics": _bool, "powermetrics_interval_ms": _int, "nvml": _bool, "rapl": _bool,
-    "rapl_root": _str, "thermal_root": _str, "replay_file": _str,
-}
+
+
+def source_keys() -> dict[str, Any]:
+    """The [sources] keys, from the telemetry source registry (daemon/sources/registry.py):
+    each source's on/off switch and the options it declares, key -> parser(raw) (raises
+    ValueError with the reason)."""
+    from daemon.sources.registry import option_parsers
+
+    return option_parsers()
+
+
+def _source_setting(dotted: str, key: str, value: Any) -> Any:
+    parsers = source_keys()
+    if key not in parsers:
+        raise ConfigError(dotted, value, f"unknown setting (known: {', '.join(sorted(parsers))})")
+    try:
+        return parsers[key](value)
+    except ValueError as exc:
+        raise ConfigError(dotted, value, str(exc)) from None
 
 
 def _apply(config: Config, section: str, key: str, value: Any) -> Config:
     dotted = f"{section}.{key}"
     if section == "sources":
-        if key not in SOURCE_KEYS:
-            raise ConfigError(dotted, value, f"unknown setting (known: {', '.join(sorted(SOURCE_KEYS))})")
-        return replace(config, sources={**config.sources, key: SOURCE_KEYS[key](dotted, value)})
+        return replace(config, sources={**config.sources, key: _source_setting(dotted, key, value)})
     if section == "workload" and key == "overrides":
         if not isinstance(value, Mapping):
             raise ConfigError(dotted, value, "expected a table of setting = value")

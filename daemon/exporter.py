@@ -1,8 +1,9 @@
 """Prometheus exposition: workload instruments updated live, telemetry read from a cache.
 
 `WorkloadMetrics` turns the worker's events into counters, the step-latency histogram and
-the stability gauges. `SnapshotCollector` is a custom Collector that reads the sampler's last
-snapshot at scrape time, so a scrape never touches hardware.
+the stability gauges. `SnapshotCollector` (daemon/telemetry_exporter.py, re-exported here) is
+a custom Collector that reads the sampler's last snapshot at scrape time, so a scrape never
+touches hardware.
 """
 
 from __future__ import annotations
@@ -10,21 +11,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
 
-from daemon.levels import LEVELS, level_ordinal
 from daemon.metric_catalog import BY_NAME, MetricDef
 from daemon.stability import StabilityTracker
+from daemon.telemetry_exporter import SnapshotCollector
 from daemon.verdicts import DeviceVerdict
 from workloads.micro.results import MicroResult
 from workloads.placement import ane_share
@@ -36,6 +30,8 @@ from workloads.rotation import (
     SliceEnded,
     SliceStarted,
 )
+
+__all__ = ["SnapshotCollector", "WorkloadMetrics", "series_key"]
 
 STEP_BUCKETS = (2e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1,
                 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 100.0)
@@ -262,67 +258,3 @@ def series_key(context: SliceContext) -> Key:
 def _run_labels(run: RunConfig) -> tuple[str, ...]:
     return (run.key, run.shapes, run.technique, run.memory_format, run.variant,
             "true" if run.tf32 else "false")
-
-
-def _family(name: str) -> Any:
-    metric = BY_NAME[name]
-    if metric.kind == "counter":
-        return CounterMetricFamily(_base(metric), metric.help, labels=list(metric.labels))
-    return GaugeMetricFamily(metric.name, metric.help, labels=list(metric.labels))
-
-
-class SnapshotCollector(Collector):
-    """Telemetry from the sampler's cached snapshot, plus the host info metric."""
-
-    def __init__(self, snapshot: Callable[[], Any], info: dict[str, str],
-                 extra_memory: Callable[[], dict[str, int]] = dict) -> None:
-        self._snapshot = snapshot
-        self._info = info
-        self._extra_memory = extra_memory
-
-    def collect(self) -> Iterator[Metric]:
-        info = InfoMetricFamily("soakd", BY_NAME["soakd_info"].help)
-        info.add_metric([], self._info)
-        yield info
-        snap = self._snapshot()
-        if snap is None:
-            return
-        energy = _family("soakd_energy_joules_total")
-        for (source, component), joules in sorted(snap.energy_joules.items()):
-            energy.add_metric([source, component], joules)
-        power = _family("soakd_power_watts")
-        for (source, component), watts in sorted(snap.power_watts.items()):
-            power.add_metric([source, component], watts)
-        pressure = _family("soakd_thermal_pressure")
-        level_gauge = _family("soakd_thermal_pressure_level")
-        seconds = _family("soakd_thermal_pressure_seconds_total")
-        if snap.thermal_pressure is not None:
-            for level in LEVELS:
-                pressure.add_metric([level], 1.0 if level == snap.thermal_pressure else 0.0)
-            ordinal = level_ordinal(snap.thermal_pressure)
-            if ordinal is not None:
-                level_gauge.add_metric([], float(ordinal))
-        for level in LEVELS:
-            if snap.thermal_pressure is not None or level in snap.thermal_seconds_total:
-                seconds.add_metric([level], snap.thermal_seconds_total.get(level, 0.0))
-        temperature = _family("soakd_temperature_celsius")
-        for (source, sensor), celsius in sorted(snap.temperatures_celsius.items()):
-            temperature.add_metric([source, sensor], celsius)
-        throttles = _family("soakd_throttle_events_total")
-        for (source, reason), count in sorted(snap.throttle_events_total.items()):
-            throttles.add_metric([source, reason], count)
-        clocks = _family("soakd_clock_hertz")
-        for (source, domain), hertz in sorted(snap.clock_hertz.items()):
-            clocks.add_metric([source, domain], hertz)
-        memory = _family("soakd_memory_bytes")
-        for kind, value in sorted({**snap.memory_bytes, **self._extra_memory()}.items()):
-            memory.add_metric([kind], value)
-        up = _family("soakd_source_up")
-        errors = _family("soakd_source_errors_total")
-        duration = _family("soakd_source_read_duration_seconds")
-        for name, health in sorted(snap.health.items()):
-            up.add_metric([name], 1.0 if health.up else 0.0)
-            errors.add_metric([name], health.errors_total)
-            duration.add_metric([name], health.read_duration_seconds)
-        yield from (energy, power, pressure, level_gauge, seconds, temperature, throttles, clocks,
-                    memory, up, errors, duration)

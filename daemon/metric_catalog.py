@@ -55,8 +55,11 @@ METRICS: tuple[MetricDef, ...] = (
               "Seconds from the phase's start to its first throttle event (throttled=true), or "
               "seconds run so far without one (throttled=false, a lower bound)."),
     MetricDef("soakd_flop_per_joule", "gauge", WORKLOAD,
-              "FLOP per joule of whole-system energy over the phase so far (energy from cumulative "
-              "counters; absent without an energy source)."),
+              "FLOP per joule over the series' measured time in the phase so far: FLOP of the measured "
+              "steps over the whole-system energy (soakd_system_energy_joules_total's components) "
+              "used during those steps only, not during start-up, warm-up or hand-over. Absent "
+              "without an energy source, and when several series run at once (concurrent mode, "
+              "several GPUs): their shared energy is not split between them."),
     MetricDef("soakd_prepare_seconds", "gauge", WORKLOAD,
               "Last worker's preparation time (model build, reference, Core ML load), not in throughput."),
     MetricDef("soakd_load_gap_seconds_total", "counter", WORKLOAD,
@@ -86,9 +89,28 @@ METRICS: tuple[MetricDef, ...] = (
               "Last slice's warm-up time, excluded from throughput."),
     # Telemetry, read from the sampler's snapshot at scrape time.
     MetricDef("soakd_energy_joules_total", "counter", ("source", "component"),
-              "Energy from cumulative hardware counters since the daemon started."),
-    MetricDef("soakd_power_watts", "gauge", ("source", "component"),
-              "Power from energy-counter deltas over the last sampling interval."),
+              "Energy from cumulative hardware counters since the daemon started, per component "
+              "(totals and their parts both appear: see soakd_system_energy_joules_total)."),
+    MetricDef("soakd_power_watts", "gauge", ("source", "component", "method"),
+              "Power per component. method=counter: energy-counter delta over the last sampling interval "
+              "(or powermetrics' measured window); method=instantaneous: the device's instantaneous power "
+              "reading, an estimate used only where no energy counter exists (NVML GPUs before Volta)."),
+    MetricDef("soakd_system_energy_joules_total", "counter", (),
+              "Whole-system energy since the daemon started, without counting a rail twice: only the "
+              "outermost totals present on this machine (RAPL psys contains package and dram, a package its "
+              "core/uncore; powermetrics combined contains cpu, gpu, ane), decided at read time; a total "
+              "reading 0 while its parts read more is replaced by its parts."),
+    MetricDef("soakd_energy_counted", "gauge", ("source", "component"),
+              "1 if the component counts toward soakd_system_energy_joules_total, 0 if it lies inside "
+              "another component that does."),
+    MetricDef("soakd_energy_counter_resets_total", "counter", ("source", "component"),
+              "Energy counters that went back and were judged a reset (a wrap would imply an implausible "
+              "power for the interval): nothing was added for that interval."),
+    MetricDef("soakd_source_gap_seconds_total", "counter", ("source",),
+              "Seconds a source could not measure (a restarted powermetrics child): no energy is counted "
+              "for them."),
+    MetricDef("soakd_power_limit_watts", "gauge", ("source", "device"),
+              "The power limit the device enforces now (NVML enforced power limit)."),
     MetricDef("soakd_thermal_pressure", "gauge", ("level",),
               "Thermal pressure state set: 1 for the current level, 0 for the others."),
     MetricDef("soakd_thermal_pressure_level", "gauge", (),
@@ -98,7 +120,20 @@ METRICS: tuple[MetricDef, ...] = (
               "Seconds spent at each thermal pressure level."),
     MetricDef("soakd_temperature_celsius", "gauge", ("source", "sensor"), "Temperatures."),
     MetricDef("soakd_throttle_events_total", "counter", ("source", "reason"),
-              "Throttle events: a clock-event reason or a thermal pressure level becoming active."),
+              "Throttles starting: an NVML throttle reason turning on (sw_power_cap, hw_slowdown, "
+              "sw_thermal_slowdown, hw_thermal_slowdown, hw_power_brake_slowdown; not gpu_idle, "
+              "applications_clocks_setting, sync_boost, display_clock_setting), macOS thermal pressure "
+              "rising to moderate or above (reason thermal_pressure), a macOS CPU speed limit dropping "
+              "below 100 (cpu_speed_limit)."),
+    MetricDef("soakd_throttle_active", "gauge", ("source", "reason"),
+              "1 while the throttle reason is active, 0 once it has ended (same reasons as "
+              "soakd_throttle_events_total)."),
+    MetricDef("soakd_throttled_seconds_total", "counter", ("source", "reason"),
+              "Seconds spent throttled, per reason (sample-and-hold at the sampling interval)."),
+    MetricDef("soakd_throttle_observable", "gauge", (),
+              "1 if some telemetry source can see throttling on this host now (NVML clock-event reasons, a "
+              "macOS thermal pressure level, pmset's CPU speed limit); 0: throttling is unknown here, so "
+              "no throttle events means unknown, not none."),
     MetricDef("soakd_clock_hertz", "gauge", ("source", "domain"), "Clock frequencies."),
     MetricDef("soakd_memory_bytes", "gauge", ("kind",),
               "Memory: daemon rss, worker rss, system used/available, swap used, device allocator."),
@@ -106,6 +141,23 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("soakd_source_errors_total", "counter", ("source",), "Failed reads per telemetry source."),
     MetricDef("soakd_source_read_duration_seconds", "gauge", ("source",),
               "How long the source's last read took."),
+    MetricDef("soakd_device_up", "gauge", ("source", "device"),
+              "1 if the device (a GPU, a RAPL zone) was read at the last tick; 0 when it is down "
+              "(handle not opened, GPU lost, zone unreadable): the reason is in the journal and the log."),
+    MetricDef("soakd_reading_unavailable", "gauge", ("source", "device", "reading", "reason"),
+              "1 for each reading a device cannot give and that is skipped from now on (reason: "
+              "not_supported, function_not_found, permission_denied, ...): absent, not zero."),
+    MetricDef("soakd_reading_errors_total", "counter", ("source", "device", "reading", "reason"),
+              "Readings of one device dropped for one tick (or skipped from then on), by reason; the "
+              "other readings and devices were still read."),
+    MetricDef("soakd_hardware_errors_total", "counter", ("source", "device", "kind"),
+              "Hardware errors as the device counts them: xid (XID critical errors since soakd started), "
+              "ecc_corrected_volatile / ecc_uncorrected_volatile (since the driver loaded), pcie_replay, "
+              "remapped_rows_correctable / remapped_rows_uncorrectable. Absent where unsupported (see "
+              "soakd_reading_unavailable)."),
+    MetricDef("soakd_hardware_condition", "gauge", ("source", "device", "condition"),
+              "1 while a device condition holds: row_remap_pending (a row remapping waits for a GPU "
+              "reset), row_remap_failure (a remapping failed: service the GPU)."),
     # Daemon.
     MetricDef("soakd_rotations_total", "counter", ("result",),
               "Rotations finished, by result: completed, stopped, failed, skipped."),

@@ -19,7 +19,6 @@ from daemon.exporter import WorkloadMetrics, series_key
 from daemon.journal import Journal
 from daemon.records import SliceRow
 from daemon.sampler import Sampler, Snapshot
-from daemon.stability import system_energy
 from daemon.verdicts import DEFAULT_OUTLIER_RATIO, device_outliers, sustained_throughput
 from workloads.backends import parse_backends, parse_precisions
 from workloads.phases import get_profile
@@ -229,15 +228,20 @@ class Recorder:
             self._phase_slices.setdefault((context.backend, context.precision, context.device), []).append(
                 (float(result.flop), result.seconds))
         started_wall, start = self._windows.pop(result.slice_id, (time.time(), None))
-        end = self.sampler.snapshot()
-        energy = Sampler.energy_between(start, end) if start is not None else {}
+        # a tick now, so the energy history reaches past the slice's last measured segment
+        end = self.sampler.sample_once()
         thermal = _thermal_between(start, end) if start is not None else {}
-        joules = system_energy(energy)
-        self.metrics.add_slice_energy(series_key(context), joules)
+        # energy over the slice's measured segments only: start-up, warm-up and hand-over do
+        # no measured work, so they must not cost FLOP/J anything
+        measured = self.sampler.energy_over(result.segments)
+        joules = measured.system.joules if measured.method != "none" else None
+        note = f"{measured.method}; {measured.system.describe()}" if joules is not None else None
+        if not context.concurrent:  # lanes running at once share one host's energy: no split
+            self.metrics.add_slice_energy(series_key(context), joules)
         self.journal.add_slice(self.rotation_id or 0, SliceRow.from_result(
             result, requested_backend=context.requested_backend, baseline=context.baseline,
-            device=context.device, started_at=started_wall, energy_joules=energy,
-            thermal_seconds=thermal))
+            device=context.device, started_at=started_wall, energy_joules=measured.components,
+            thermal_seconds=thermal, system_energy_joules=joules, energy_note=note))
         log.info("slice_end", steps=result.steps, seconds=round(result.seconds, 3),
                  flop_per_second=result.flop / result.seconds if result.seconds else 0.0,
                  load_gap_seconds=round(result.gap_seconds, 3),

@@ -27,7 +27,9 @@ class SliceRow:
     slices are comparable only when their run_key is equal. `gap_seconds` is the slice's turn
     with no measured step running; `lead_gap_seconds`/`tail_gap_seconds` are its parts before
     the first and after the last measured segment. `energy_joules` is {component: J} over the
-    slice; `thermal_seconds` is {level: s}.
+    slice's measured time (its segments, not its warm-up or hand-over), `system_energy_joules`
+    the whole-system figure of it (daemon/energy.py) and `energy_note` how that was made;
+    `thermal_seconds` is {level: s} over the slice.
     """
 
     phase: str
@@ -48,6 +50,8 @@ class SliceRow:
     latency_p99: float | None = None
     latency_max: float | None = None
     energy_joules: dict[str, float] = field(default_factory=dict, metadata={"json": True})
+    system_energy_joules: float | None = None
+    energy_note: str | None = None
     thermal_seconds: dict[str, float] = field(default_factory=dict, metadata={"json": True})
     peak_rss_bytes: int | None = None
     avg_rss_bytes: int | None = None
@@ -69,7 +73,8 @@ class SliceRow:
     @classmethod
     def from_result(cls, result: SliceResult, *, requested_backend: str, baseline: bool,
                     device: str, started_at: float, energy_joules: dict[str, float],
-                    thermal_seconds: dict[str, float], ended_at: float | None = None) -> SliceRow:
+                    thermal_seconds: dict[str, float], ended_at: float | None = None,
+                    system_energy_joules: float | None = None, energy_note: str | None = None) -> SliceRow:
         """The row for one finished slice (`started_at`/`ended_at` are unix times)."""
         latency = result.latency_summary()
         failure = result.failure
@@ -85,7 +90,8 @@ class SliceRow:
             steps=result.steps, seconds=result.seconds, flop=float(result.flop),
             latency_p50=finite(latency["p50"]), latency_p99=finite(latency["p99"]),
             latency_max=finite(latency["max"]),
-            energy_joules=energy_joules, thermal_seconds=thermal_seconds,
+            energy_joules=energy_joules, system_energy_joules=system_energy_joules,
+            energy_note=energy_note, thermal_seconds=thermal_seconds,
             peak_rss_bytes=result.peak_rss_bytes or None,
             avg_rss_bytes=int(result.rss_weighted / result.seconds) if result.seconds > 0 else None,
             peak_device_bytes=result.peak_device_bytes or None,

@@ -173,6 +173,7 @@ class Service:
         self._last_level: str | None = None
         self._last_health: dict[str, bool] = {}
         self._last_telemetry = 0.0
+        self._last_event_seq = 0
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -389,7 +390,7 @@ class Service:
                                        rotation_id=self._rotation_id)
         self._last_throttles = throttles
         self._last_level = level
-        changed = False
+        changed = self._journal_telemetry(snap)
         for name, health in snap.health.items():
             if self._last_health.get(name) != health.up:
                 kind = "source_up" if health.up else "source_down"
@@ -409,6 +410,24 @@ class Service:
         if changed:  # `soakd status` reads this; no write while nothing changes
             self.journal.set_state("sources", {name: {"up": h.up, "reason": h.reason}
                                                for name, h in snap.health.items()})
+
+    def _journal_telemetry(self, snap: Any) -> bool:
+        """Journal and log each new telemetry event of the sampler once (device health, hardware
+        errors, skipped readings, energy counter resets, gaps, the whole-system energy plan),
+        tagged with the rotation and the phase running when it is journaled (the sampler
+        stamps `monotonic` for a finer match). True when a device changed state."""
+        devices_changed = False
+        phase = self.recorder.progress.phase if self._rotation_id is not None else None
+        for event in snap.events:
+            if event.seq <= self._last_event_seq:
+                continue
+            self._last_event_seq = event.seq
+            detail = {**event.detail, "device": event.device, "phase": phase}
+            self.journal.add_event(event.kind, detail, source=event.source, rotation_id=self._rotation_id)
+            warn = event.kind in ("device_down", "hardware_error", "reading_unavailable", "energy_reset")
+            (self.log.warning if warn else self.log.info)(event.kind, source=event.source, **detail)
+            devices_changed |= event.kind in ("device_down", "device_up")
+        return devices_changed
 
 
 def _finite(value: float) -> float | None:

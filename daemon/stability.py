@@ -10,6 +10,12 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+# Whole-system energy is daemon/energy.py's; re-exported for callers that still import it here.
+from daemon.energy import system_energy
+
+__all__ = ["BASELINE_SECONDS", "RECENT_SECONDS", "THROUGHPUT_SECONDS", "Segment", "StabilityTracker",
+           "system_energy"]
+
 BASELINE_SECONDS = 60.0  # the phase's first minute of measured time after warm-up
 RECENT_SECONDS = 60.0  # window for the sustained ratio and the variation
 THROUGHPUT_SECONDS = 10.0  # window for the "throughput now" gauge
@@ -104,23 +110,3 @@ class StabilityTracker:
         if not self.energy_known or self.energy_joules <= 0:
             return None
         return self.flop / self.energy_joules
-
-
-def system_energy(components: dict[str, float]) -> float | None:
-    """Whole-system joules from per-component energy, without counting a rail twice.
-
-    powermetrics' `combined` is CPU+GPU+ANE; Monterey's `package` already includes DRAM;
-    on Linux the RAPL package/dram zones and NVML's per-GPU counters (gpu0, gpu1...) add up.
-    """
-    if not components:
-        return None
-    if "combined" in components:
-        return components["combined"]
-    if "cpu" in components and "package" in components:  # powermetrics on Monterey
-        return components["package"]
-    linux = [v for k, v in components.items()
-             if k.startswith(("package", "dram", "psys")) or (k.startswith("gpu") and k[3:].isdigit())]
-    if linux:
-        return sum(linux)
-    apple = [components[k] for k in ("cpu", "gpu", "ane") if k in components]
-    return sum(apple) if apple else None

@@ -77,6 +77,7 @@ class SliceContext:
     device: str = "0"
     baseline: bool = False
     slice_id: int = 0
+    concurrent: bool = False  # other lanes ran in the same round (they share the host's energy)
 
     @property
     def flop_per_step(self) -> int:
@@ -405,7 +406,7 @@ class RotationRunner:
                 self._run_lane_slice(round_[0], phase, precision, turn_started, index, slices)
             else:
                 threads = [threading.Thread(target=self._run_lane_slice,
-                                            args=(lane, phase, precision, turn_started, index, slices))
+                                            args=(lane, phase, precision, turn_started, index, slices, True))
                            for lane in round_]
                 for thread in threads:
                     thread.start()
@@ -422,17 +423,17 @@ class RotationRunner:
         return results
 
     def _context(self, lane: _Lane, phase: str, precision: str, backend: str,
-                 slice_id: int = 0) -> SliceContext:
+                 slice_id: int = 0, concurrent: bool = False) -> SliceContext:
         return SliceContext(phase, lane.requested, backend, precision, self._spec(phase, backend),
-                            lane.device, lane.baseline, slice_id)
+                            lane.device, lane.baseline, slice_id, concurrent)
 
     def _run_lane_slice(self, lane: _Lane, phase: str, precision: str, turn_started: float,
-                        index: int, slices: int) -> None:
+                        index: int, slices: int, concurrent: bool = False) -> None:
         plan, profile = self.plan, self.plan.profile
         while lane.current is not None and not self.stop.is_set():
             backend = lane.current
             slice_id = next(self._slice_ids)
-            context = self._context(lane, phase, precision, backend, slice_id)
+            context = self._context(lane, phase, precision, backend, slice_id, concurrent)
             availability, reason = self._availability(backend, precision)
             if not availability.ok:
                 self._emit(context, Failure(reason, availability.reason, "probe"))

@@ -10,6 +10,7 @@ from collections import defaultdict
 from typing import Any
 
 from daemon.commands.run import add_config_arguments, load_or_exit
+from daemon.energy import breakdown
 from daemon.journal import Journal, JournalError
 
 
@@ -26,9 +27,15 @@ def register(subparsers: Any) -> None:
 
 
 def summarize_rotation(journal: Journal, rotation: dict[str, Any]) -> dict[str, Any]:
-    """Per phase x backend x precision totals of a rotation's slices."""
+    """Per phase x backend x precision totals of a rotation's slices.
+
+    `energy_joules` is whole-system energy (daemon/energy.breakdown of each slice's components,
+    no rail counted twice); `energy_counted` names the components it sums and `energy_notes`
+    where a total read 0 and its parts were used.
+    """
     groups: dict[tuple[str, str, str, str], dict[str, Any]] = defaultdict(
-        lambda: {"steps": 0, "seconds": 0.0, "flop": 0.0, "mismatches": 0, "failures": 0, "energy_joules": 0.0})
+        lambda: {"steps": 0, "seconds": 0.0, "flop": 0.0, "mismatches": 0, "failures": 0, "energy_joules": 0.0,
+                 "energy_counted": [], "energy_notes": []})
     for row in journal.slices(rotation_id=rotation["id"]):
         group = groups[(row["phase"], row["requested_backend"], row["backend"], row["precision"])]
         group["steps"] += row["steps"]
@@ -36,7 +43,11 @@ def summarize_rotation(journal: Journal, rotation: dict[str, Any]) -> dict[str, 
         group["flop"] += row["flop"]
         group["mismatches"] += row["mismatches"]
         group["failures"] += 1 if row["failure_reason"] else 0
-        group["energy_joules"] += sum((row["energy_joules"] or {}).values())
+        energy = breakdown(row["energy_joules"] or {})
+        if energy.joules is not None:
+            group["energy_joules"] += energy.joules
+            group["energy_counted"] = sorted({*group["energy_counted"], *energy.counted})
+            group["energy_notes"] = sorted({*group["energy_notes"], *energy.notes})
     rows = []
     for (phase, requested, backend, precision), g in groups.items():
         rows.append({"phase": phase, "requested_backend": requested, "backend": backend,
@@ -67,9 +78,13 @@ def _rotation_lines(summary: dict[str, Any]) -> list[str]:
         moved = row["backend"]
         if row["requested_backend"] != row["backend"]:
             moved = f"{row['requested_backend']}>{row['backend']}"
+        energy = ""
+        if row["energy_counted"]:
+            energy = f"  energy {row['energy_joules']:.1f} J ({' + '.join(row['energy_counted'])})"
         lines.append(f"  {row['phase']:<10} {moved:<16} {row['precision']:<5} {row['steps']:>8} steps "
                      f"{row['flop_per_second'] / 1e12:>9.4f} TFLOP/s  mismatches {row['mismatches']}"
-                     f"  failed slices {row['failures']}")
+                     f"  failed slices {row['failures']}{energy}")
+        lines += [f"    note: {note}" for note in row["energy_notes"]]
     return lines
 
 
@@ -108,6 +123,10 @@ def run_status(args: argparse.Namespace) -> int:
                 for n, s in document["sources"].items() if not s["up"]]
         print(f"sources up: {', '.join(up) or '-'}")
         print(f"sources down: {', '.join(down) or '-'}")
+        devices = [f"{n}: {s['reason'].split('; down: ', 1)[1]}" for n, s in document["sources"].items()
+                   if s["up"] and "; down: " in (s["reason"] or "")]
+        if devices:  # a source that works with some devices down (a lost GPU, an unreadable zone)
+            print(f"devices down: {'; '.join(devices)}")
     if document["last_rotation"]:
         print("\n".join(_rotation_lines(document["last_rotation"])))
     else:

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from daemon.sources.base import Reading, Source, SourceError
+from daemon.sources.registry import SourceSpec, register
 
 
 def torch_memory() -> dict[str, int]:
@@ -79,3 +80,7 @@ class MemorySource(Source):
             with contextlib.suppress(Exception):
                 memory.update(torch_memory())
         return Reading(memory_bytes=memory)
+
+
+register(SourceSpec(name="memory", description="daemon RSS, system and swap memory (psutil), torch allocators",
+                    build=lambda _options: MemorySource(), order=90))

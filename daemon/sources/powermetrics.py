@@ -1,24 +1,23 @@
-"""macOS powermetrics: the normalised sample, the plist stream parser and the live reader.
+"""macOS powermetrics: the long-lived `powermetrics -f plist` child and its reader.
 
-Format facts (../shared/fixtures/powermetrics/FORMAT.md):
-- `-f plist` prints one XML plist per sample, separated by a single NUL byte.
-- `processor.*_energy` is mJ over the real window `elapsed_ns`; `*_power` is mW. Power is
-  always computed here as energy / elapsed, never from `-i`.
-- `gpu.freq_hz` is MHz despite its name; cluster `freq_hz` is Hz.
-- Monterey (12) has `package_energy` / `dram_energy` and no `combined_power`; Ventura (13)+
-  has `combined_power` (mW only, no energy key).
-- With the gpu_power sampler alone there is no `processor` dict: energy is `gpu.gpu_energy`.
+The parsers (the normalised sample, the NUL-separated plist stream) are pure and live in
+powermetrics_plist.py; they are re-exported here. This module runs the child:
 
-The text format parser lives in powermetrics_text.py and builds the same `PowermetricsSample`
-through `build_sample`, so plist, text and replay share one normaliser.
+- one long-lived `powermetrics -f plist -i N` child (under `sudo -n` when not root), read on
+  a background thread; `read()` drains the samples parsed since the previous read;
+- restarted with exponential back-off when it dies;
+- hygiene: other tools have seen the child grow to many GB overnight, so it is restarted on a
+  schedule (`max_age_s`, default 6 h) and when its RSS passes `max_rss_bytes` (default
+  256 MiB; checked every `rss_check_s`). The time between the old child's last sample and the
+  new child's first window is a gap (`Reading.gaps`, counted in
+  `soakd_source_gap_seconds_total`): no energy is invented for it. Each restart is a note in
+  the Reading (journaled and logged by the daemon) and counted in `restarts`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import plistlib
 import shutil
 import signal
 import subprocess
@@ -27,284 +26,36 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import IO, Any
 
-from daemon import levels
-from daemon.sources.base import Reading, Source, SourceError, label_value
+from daemon.sources.base import Reading, Source, SourceError
+from daemon.sources.powermetrics_plist import (
+    COMPONENTS,
+    DEFAULT_SAMPLERS,
+    PlistStreamSplitter,
+    PowermetricsParseError,
+    PowermetricsSample,
+    build_sample,
+    parse_plist_document,
+    parse_plist_stream,
+    powermetrics_energy_parts,
+    reading_from_samples,
+    sample_from_plist,
+    split_plist_stream,
+)
+from daemon.sources.registry import SourceOption, SourceSpec, parse_positive_float, parse_positive_int, register
 
-COMPONENTS: tuple[str, ...] = ("cpu", "gpu", "ane", "combined", "package", "dram")
-DEFAULT_SAMPLERS: tuple[str, ...] = ("cpu_power", "gpu_power", "ane_power", "thermal")
-
-
-class PowermetricsParseError(ValueError):
-    """Input that is not powermetrics output (or is damaged beyond use)."""
-
-
-@dataclass(frozen=True)
-class PowermetricsSample:
-    """One powermetrics sample in base units.
-
-    `energy_joules[c]` is the energy component c used during the window; `power_watts[c]` the
-    average power over it. Where the source gave energy (plist `*_energy`) power is derived
-    as energy / elapsed; where it gave only average power (text `... Power: N mW`, plist
-    `combined_power`) energy is derived as power x elapsed. Both are estimates by Apple's
-    own account (`powermetrics -h`).
-    """
-
-    timestamp: datetime | None
-    elapsed_seconds: float
-    energy_joules: dict[str, float]
-    power_watts: dict[str, float]
-    thermal_pressure: str | None = None
-    gpu_frequency_hz: float | None = None
-    cluster_frequency_hz: dict[str, float] = field(default_factory=dict)
-    hw_model: str | None = None
-    os_build: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON object `soakd replay-powermetrics` prints for this sample."""
-        return {
-            "timestamp": self.timestamp.isoformat() if self.timestamp else None,
-            "elapsed_seconds": self.elapsed_seconds,
-            "power_watts": dict(self.power_watts),
-            "energy_joules": dict(self.energy_joules),
-            "thermal_pressure": self.thermal_pressure,
-            "gpu_frequency_hz": self.gpu_frequency_hz,
-            "cluster_frequency_hz": dict(self.cluster_frequency_hz),
-            "hw_model": self.hw_model,
-            "os_build": self.os_build,
-        }
-
-
-def _finite(value: float, what: str) -> float:
-    if not math.isfinite(value) or value < 0:
-        raise PowermetricsParseError(f"{what} is not a finite non-negative number: {value!r}")
-    return value
-
-
-def build_sample(
-    *,
-    elapsed_seconds: float,
-    timestamp: datetime | None = None,
-    energy_joules: Mapping[str, float] | None = None,
-    power_watts: Mapping[str, float] | None = None,
-    thermal_pressure: str | None = None,
-    gpu_frequency_hz: float | None = None,
-    cluster_frequency_hz: Mapping[str, float] | None = None,
-    hw_model: str | None = None,
-    os_build: str | None = None,
-) -> PowermetricsSample:
-    """The shared normaliser: fills in power from energy and energy from power.
-
-    A component given as energy wins over the same component given as power, because the
-    energy counter is what the power figure was computed from.
-    """
-    elapsed = _finite(elapsed_seconds, "elapsed time")
-    if elapsed <= 0:
-        raise PowermetricsParseError("elapsed time is zero")
-    energy: dict[str, float] = {}
-    power: dict[str, float] = {}
-    for name, joules in (energy_joules or {}).items():
-        energy[name] = _finite(joules, f"{name} energy")
-        power[name] = energy[name] / elapsed
-    for name, watts in (power_watts or {}).items():
-        if name not in energy:
-            power[name] = _finite(watts, f"{name} power")
-            energy[name] = power[name] * elapsed
-    gpu_hz = None if gpu_frequency_hz is None else _finite(gpu_frequency_hz, "GPU frequency")
-    clusters = {name: _finite(hz, f"{name} frequency")
-                for name, hz in (cluster_frequency_hz or {}).items()}
-    return PowermetricsSample(
-        timestamp=timestamp,
-        elapsed_seconds=elapsed,
-        energy_joules={c: energy[c] for c in sorted(energy, key=_component_order)},
-        power_watts={c: power[c] for c in sorted(power, key=_component_order)},
-        thermal_pressure=thermal_pressure,
-        gpu_frequency_hz=gpu_hz,
-        cluster_frequency_hz=clusters,
-        hw_model=hw_model,
-        os_build=os_build,
-    )
-
-
-def _component_order(name: str) -> tuple[int, str]:
-    return (COMPONENTS.index(name) if name in COMPONENTS else len(COMPONENTS), name)
-
-
-# --- plist -------------------------------------------------------------------------------
-
-
-def _number(container: Mapping[str, Any], key: str) -> float | None:
-    value = container.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PowermetricsParseError(f"{key} is not a number: {value!r}")
-    return float(value)
-
-
-def _dict(container: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = container.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise PowermetricsParseError(f"{key} is not a dict")
-    return value
-
-
-def sample_from_plist(document: Mapping[str, Any]) -> PowermetricsSample:
-    """Normalise one decoded plist document (a dict from plistlib)."""
-    elapsed_ns = _number(document, "elapsed_ns")
-    if elapsed_ns is None:
-        raise PowermetricsParseError("no elapsed_ns in plist sample")
-    elapsed = elapsed_ns / 1e9
-    processor = _dict(document, "processor")
-    gpu = _dict(document, "gpu")
-
-    energy: dict[str, float] = {}
-    power: dict[str, float] = {}
-    for component in ("cpu", "gpu", "ane", "package", "dram"):
-        millijoules = _number(processor, f"{component}_energy")
-        if millijoules is not None:
-            energy[component] = millijoules / 1000.0
-    # gpu_power-only plists have no processor dict; the gpu dict has its own counter, which
-    # can differ from processor.gpu_energy (M2 Ultra: 72607 vs 73491 mJ), so it is only used
-    # when processor's is absent.
-    gpu_millijoules = _number(gpu, "gpu_energy")
-    if "gpu" not in energy and gpu_millijoules is not None:
-        energy["gpu"] = gpu_millijoules / 1000.0
-    combined_mw = _number(processor, "combined_power")
-    if combined_mw is not None:
-        power["combined"] = combined_mw / 1000.0
-
-    gpu_mhz = _number(gpu, "freq_hz")  # MHz despite the name
-    clusters: dict[str, float] = {}
-    raw_clusters = processor.get("clusters", [])
-    if not isinstance(raw_clusters, list):
-        raise PowermetricsParseError("processor.clusters is not a list")
-    for cluster in raw_clusters:
-        if not isinstance(cluster, dict):
-            raise PowermetricsParseError("processor.clusters entry is not a dict")
-        name, hz = cluster.get("name"), _number(cluster, "freq_hz")
-        if isinstance(name, str) and hz is not None:
-            clusters[label_value(name)] = hz
-
-    thermal = document.get("thermal_pressure")
-    stamp = document.get("timestamp")
-    model, build = document.get("hw_model"), document.get("kern_osversion")
-    return build_sample(
-        elapsed_seconds=elapsed,
-        timestamp=stamp.replace(tzinfo=timezone.utc) if isinstance(stamp, datetime) else None,
-        energy_joules=energy,
-        power_watts=power,
-        thermal_pressure=levels.from_powermetrics(thermal) if isinstance(thermal, str) else None,
-        gpu_frequency_hz=None if gpu_mhz is None else gpu_mhz * 1e6,
-        cluster_frequency_hz=clusters,
-        hw_model=model if isinstance(model, str) else None,
-        os_build=build if isinstance(build, str) else None,
-    )
-
-
-def parse_plist_document(chunk: bytes) -> PowermetricsSample:
-    """One NUL-free plist document -> sample. Raises PowermetricsParseError on anything else."""
-    try:
-        document = plistlib.loads(chunk.strip(), fmt=plistlib.FMT_XML)
-    except Exception as exc:  # plistlib raises a zoo of types on damaged XML
-        raise PowermetricsParseError(f"not a plist document: {exc}") from None
-    if not isinstance(document, dict):
-        raise PowermetricsParseError("plist document is not a dict")
-    return sample_from_plist(document)
-
-
-def _complete(chunk: bytes) -> bool:
-    return chunk.rstrip().endswith(b"</plist>")
-
-
-def split_plist_stream(data: bytes) -> tuple[list[bytes], bytes]:
-    """Complete documents in `data`, and the unfinished rest.
-
-    Splits on NUL, skips empty chunks (leading NULs from a truncated file, FORMAT.md pitfall
-    8). The final piece counts as complete when it ends in `</plist>`: the NUL after a
-    document may only come when the next one starts, and waiting for it would lag a sample.
-    """
-    pieces = data.split(b"\x00")
-    rest = pieces.pop()
-    documents = [p for p in pieces if p.strip()]
-    if rest.strip() and _complete(rest):
-        documents.append(rest)
-        rest = b""
-    return documents, rest if rest.strip() else b""
-
-
-def parse_plist_stream(data: bytes) -> list[PowermetricsSample]:
-    """Every sample in a captured `-f plist` stream.
-
-    A last document that was cut off mid-write (no `</plist>`) is dropped, as asitop does;
-    any other damaged document raises PowermetricsParseError.
-    """
-    documents, _unfinished = split_plist_stream(data)
-    samples = []
-    for index, document in enumerate(documents):
-        try:
-            samples.append(parse_plist_document(document))
-        except PowermetricsParseError as exc:
-            raise PowermetricsParseError(f"plist document {index + 1}: {exc}") from None
-    if not samples:
-        raise PowermetricsParseError("no complete powermetrics plist document found")
-    return samples
-
-
-class PlistStreamSplitter:
-    """Incremental version of split_plist_stream for a pipe."""
-
-    def __init__(self, max_buffer: int = 16 * 2**20) -> None:
-        self._buffer = b""
-        self._max = max_buffer
-
-    def feed(self, data: bytes) -> list[bytes]:
-        documents, self._buffer = split_plist_stream(self._buffer + data)
-        if len(self._buffer) > self._max:  # a runaway document: resynchronise on the next NUL
-            self._buffer = b""
-            raise PowermetricsParseError("plist document larger than the buffer limit")
-        return documents
-
-
-# --- samples -> Reading ------------------------------------------------------------------
-
-
-def reading_from_samples(samples: Iterable[PowermetricsSample],
-                         last: PowermetricsSample | None = None) -> Reading:
-    """The Reading for the samples that arrived since the previous read.
-
-    Energy is summed and the window is the sum of their `elapsed_ns`, so the sampler's power
-    is exact over the windows powermetrics measured. Gauges (thermal, frequencies) come from
-    the newest sample, or from `last` when nothing new arrived.
-    """
-    samples = list(samples)
-    reading = Reading()
-    if samples:
-        window = 0.0
-        for sample in samples:
-            window += sample.elapsed_seconds
-            for component, joules in sample.energy_joules.items():
-                reading.energy_joules[component] = reading.energy_joules.get(component, 0.0) + joules
-        reading.energy_window_seconds = window
-        last = samples[-1]
-    if last is not None:
-        reading.thermal_pressure = last.thermal_pressure
-        if last.gpu_frequency_hz is not None:
-            reading.clock_hertz["gpu"] = last.gpu_frequency_hz
-        reading.clock_hertz.update(last.cluster_frequency_hz)
-    return reading
-
-
-# --- the live child ----------------------------------------------------------------------
+__all__ = ["COMPONENTS", "DEFAULT_SAMPLERS", "PlistStreamSplitter", "PowermetricsParseError",
+           "PowermetricsSample", "PowermetricsSource", "build_sample", "parse_plist_document",
+           "parse_plist_stream", "powermetrics_command", "reading_from_samples", "sample_from_plist",
+           "split_plist_stream"]
 
 
 def powermetrics_command(interval_ms: int, samplers: Iterable[str], executable: str,
                          sudo: bool) -> list[str]:
+    """The argv of the powermetrics child (`sudo -n` first when `sudo`): plist output every
+    `interval_ms`, unbuffered (`-b 0`), with the given samplers. The sudoers rule soakd installs
+    allows exactly this list (daemon/service_manager.py)."""
     command = [executable, "-f", "plist", "-i", str(interval_ms), "-b", "0",
                "--samplers", ",".join(samplers)]
     # -n: never prompt for a password (a prompt would hang the daemon forever).
@@ -317,8 +68,11 @@ class PowermetricsSource(Source):
     `read()` never blocks on the child: it drains the samples parsed since the last call.
     If the child dies, `read()` raises (the sampler counts the error) and the child is
     restarted with exponential back-off (`backoff_initial_s` doubling to `backoff_max_s`,
-    reset once a restarted child delivers a sample). Not macOS, not installed, or no root
-    and no passwordless sudo is reported by `available()` as a reason, not raised.
+    reset once a restarted child delivers a sample). A child older than `max_age_s`, or whose
+    RSS (with its own children: sudo runs powermetrics as a child) is above `max_rss_bytes`
+    (checked every `rss_check_s` with psutil), is replaced at once; 0 turns either off. Not
+    macOS, not installed, or no root and no passwordless sudo is reported by `available()` as
+    a reason, not raised.
     """
 
     name = "powermetrics"
@@ -334,6 +88,9 @@ class PowermetricsSource(Source):
         backoff_max_s: float = 60.0,
         stall_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_age_s: float = 6 * 3600.0,
+        max_rss_bytes: int = 256 * 2**20,
+        rss_check_s: float = 10.0,
     ) -> None:
         if interval_ms < 1:
             raise ValueError(f"powermetrics interval must be >= 1 ms, got {interval_ms}")
@@ -362,6 +119,13 @@ class PowermetricsSource(Source):
         self._started_at = 0.0
         self.starts = 0
         self._closed = False
+        self.max_age_s = max_age_s
+        self.max_rss_bytes = max_rss_bytes
+        self.rss_check_s = rss_check_s
+        self._rss_due = 0.0
+        self._last_arrival: float | None = None  # when the last sample of any child arrived
+        self._gaps: list[tuple[float, float]] = []
+        self.restarts: dict[str, int] = {"restarted_for_age": 0, "restarted_for_size": 0}
 
     # -- availability --
 
@@ -375,6 +139,8 @@ class PowermetricsSource(Source):
         return self.sudo == "always"
 
     def available(self) -> tuple[bool, str]:
+        """macOS, powermetrics installed, and root or passwordless `sudo -n` for this exact
+        command line; otherwise (False, the reason)."""
         if self.platform != "darwin":
             return False, f"unavailable: powermetrics needs macOS (this is {self.platform})"
         path = self._resolved_executable()
@@ -408,9 +174,10 @@ class PowermetricsSource(Source):
         self._process = process
         self.starts += 1
         self._started_at = self._last_sample_at = self._clock()
+        self._rss_due = self._started_at + self.rss_check_s
         assert process.stdout is not None and process.stderr is not None
         self._threads = [
-            threading.Thread(target=self._pump_stdout, args=(process.stdout,),
+            threading.Thread(target=self._pump_stdout, args=(process.stdout, self._last_arrival, self._started_at),
                              name="powermetrics-stdout", daemon=True),
             threading.Thread(target=self._pump_stderr, args=(process.stderr,),
                              name="powermetrics-stderr", daemon=True),
@@ -418,7 +185,10 @@ class PowermetricsSource(Source):
         for thread in self._threads:
             thread.start()
 
-    def _pump_stdout(self, stream: IO[bytes]) -> None:
+    def _pump_stdout(self, stream: IO[bytes], gap_from: float | None, started: float) -> None:
+        """Parse the child's stdout. The first sample closes the gap since `gap_from` (the
+        previous child's last sample): it ends where this child's first window begins (its
+        arrival minus its elapsed time, and not before the child started)."""
         splitter = PlistStreamSplitter()
         fd = stream.fileno()
         while True:
@@ -439,9 +209,15 @@ class PowermetricsSource(Source):
                 except PowermetricsParseError as exc:
                     self._note_error(str(exc))
                     continue
+                arrived = self._clock()
                 with self._lock:
+                    if gap_from is not None:
+                        window_start = max(started, arrived - sample.elapsed_seconds)
+                        if window_start > gap_from:
+                            self._gaps.append((gap_from, window_start))
+                        gap_from = None
                     self._samples.append(sample)
-                    self._last_sample_at = self._clock()
+                    self._last_sample_at = self._last_arrival = arrived
                     self._backoff = self.backoff_initial_s
 
     def _pump_stderr(self, stream: IO[bytes]) -> None:
@@ -478,6 +254,9 @@ class PowermetricsSource(Source):
                 f"restarting in {delay:.3g} s")
 
     def read(self) -> Reading:
+        """The samples parsed since the last read (energy summed over their measured windows),
+        gaps left by a replaced child, and notes on replacements. Starts or replaces the child
+        as needed; raises SourceError while it is not running or stalls."""
         if self._closed:
             raise SourceError("powermetrics source is closed")
         died = self._reap()
@@ -494,13 +273,18 @@ class PowermetricsSource(Source):
                 self._next_start = now + self._backoff
                 self._backoff = min(self._backoff * 2, self.backoff_max_s)
                 raise SourceError(f"cannot start powermetrics: {exc}") from None
+        restarted = self._hygiene()
         with self._lock:
             samples = list(self._samples)
             self._samples.clear()
             errors = list(self._errors)
             self._errors.clear()
             last_sample_at = self._last_sample_at
+            gaps, self._gaps = self._gaps, []
         reading = reading_from_samples(samples, self._last)
+        reading.gaps = gaps
+        if restarted is not None:
+            reading.notes.append(restarted)
         if samples:
             self._last = samples[-1]
         if errors and not samples:
@@ -509,11 +293,53 @@ class PowermetricsSource(Source):
             raise SourceError(f"no powermetrics sample for {self._clock() - last_sample_at:.0f} s")
         return reading
 
+    def _child_rss(self) -> int | None:
+        """RSS of the child and its children in bytes (sudo -> powermetrics); None when psutil
+        cannot see them (another user's process without root)."""
+        import psutil
+
+        process = self._process
+        if process is None:
+            return None
+        try:
+            parent = psutil.Process(process.pid)
+            family = [parent, *parent.children(recursive=True)]
+            return sum(int(p.memory_info().rss) for p in family)
+        except psutil.Error:
+            return None
+
+    def _hygiene(self) -> str | None:
+        """Replace a child that is too old or too big; returns why it was replaced."""
+        if self._process is None:
+            return None
+        now = self._clock()
+        why: tuple[str, str] | None = None
+        age = now - self._started_at
+        if self.max_age_s > 0 and age >= self.max_age_s:
+            why = ("restarted_for_age", f"the powermetrics child ran {age:.0f} s "
+                                        f"(max {self.max_age_s:.0f} s): replaced")
+        elif self.max_rss_bytes > 0 and now >= self._rss_due:
+            self._rss_due = now + self.rss_check_s
+            rss = self._child_rss()
+            if rss is not None and rss > self.max_rss_bytes:
+                why = ("restarted_for_size", f"the powermetrics child's RSS is {rss / 2**20:.1f} MiB "
+                                             f"(max {self.max_rss_bytes / 2**20:.1f} MiB): replaced")
+        if why is None:
+            return None
+        self.restarts[why[0]] += 1
+        process, self._process = self._process, None
+        self._stop(process)
+        self._start()
+        return f"{why[0]}: {why[1]}"
+
     def close(self) -> None:
+        """Stop the child (SIGTERM, then SIGKILL after 3 s). Safe to call twice."""
         self._closed = True
         process, self._process = self._process, None
-        if process is None:
-            return
+        if process is not None:
+            self._stop(process)
+
+    def _stop(self, process: subprocess.Popen[bytes]) -> None:
         if process.poll() is None:
             # SIGTERM makes powermetrics flush and exit; under sudo, sudo relays it.
             with contextlib.suppress(ProcessLookupError):
@@ -529,3 +355,20 @@ class PowermetricsSource(Source):
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
+
+
+def _build(options: Mapping[str, Any]) -> PowermetricsSource:
+    return PowermetricsSource(interval_ms=int(options.get("powermetrics_interval_ms", 1000)),
+                              max_age_s=3600.0 * float(options.get("powermetrics_restart_hours", 6.0)),
+                              max_rss_bytes=int(options.get("powermetrics_max_rss_mib", 256)) * 2**20)
+
+
+register(SourceSpec(
+    name="powermetrics", description="macOS powermetrics (root or sudo -n): CPU/GPU/ANE energy, thermal pressure",
+    build=_build, platforms=("darwin",), order=10, energy_parts=powermetrics_energy_parts,
+    options=(SourceOption("powermetrics_interval_ms", parse_positive_int,
+                          "sampling interval of the powermetrics child in ms (default 1000)"),
+             SourceOption("powermetrics_restart_hours", parse_positive_float,
+                          "replace the powermetrics child after this many hours (default 6)"),
+             SourceOption("powermetrics_max_rss_mib", parse_positive_int,
+                          "replace the powermetrics child when its RSS passes this many MiB (default 256)"))))

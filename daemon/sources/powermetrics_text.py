@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 
 from daemon import levels
 from daemon.sources.base import label_value
-from daemon.sources.powermetrics import PowermetricsParseError, PowermetricsSample, build_sample
+from daemon.sources.powermetrics_plist import PowermetricsParseError, PowermetricsSample, build_sample
 
 _NUMBER = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 _HEADER = re.compile(

@@ -14,13 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.sources.base import Reading, Source, SourceUnavailable
-from daemon.sources.powermetrics import (
+from daemon.sources.powermetrics_plist import (
     PowermetricsParseError,
     PowermetricsSample,
     parse_plist_stream,
+    powermetrics_energy_parts,
     reading_from_samples,
 )
 from daemon.sources.powermetrics_text import parse_text
+from daemon.sources.registry import SourceOption, SourceSpec, parse_str, register
 
 FORMATS: tuple[str, ...] = ("auto", "plist", "text")
 
@@ -83,3 +85,10 @@ class ReplaySource(Source):
         sample = samples[self._index]
         self._index += 1
         return reading_from_samples([sample])
+
+
+register(SourceSpec(
+    name="replay", description="a recorded powermetrics capture replayed (demos, CI); off unless replay_file is set",
+    build=lambda options: ReplaySource(str(options["replay_file"])), default_on=False,
+    enabled_by="replay_file", order=0, energy_parts=powermetrics_energy_parts,
+    options=(SourceOption("replay_file", parse_str, "a recorded powermetrics capture (plist or text)"),)))

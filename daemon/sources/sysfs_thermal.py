@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.sources.base import Reading, Source, SourceError, label_value
+from daemon.sources.registry import SourceOption, SourceSpec, parse_str, register
 
 DEFAULT_ROOT = "/sys/class/thermal"
 _ZONE = re.compile(r"^thermal_zone(\d+)$")
@@ -94,3 +95,10 @@ class SysfsThermalSource(Source):
 
     def read(self) -> Reading:
         return Reading(temperatures_celsius=self._collect())
+
+
+register(SourceSpec(
+    name="sysfs_thermal", description="Linux temperatures: /sys/class/thermal zones and hwmon (psutil)",
+    build=lambda options: SysfsThermalSource(options.get("thermal_root") or DEFAULT_ROOT),
+    platforms=("linux",), enabled_by="thermal_root", order=50,
+    options=(SourceOption("thermal_root", parse_str, "the thermal sysfs tree (default /sys/class/thermal)"),)))

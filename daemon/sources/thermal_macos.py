@@ -29,8 +29,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from daemon import levels
+from daemon import levels, throttle
 from daemon.sources.base import Reading, Source, SourceError, SourceUnavailable
+from daemon.sources.registry import SourceSpec, register
 
 NOTIFY_KEY = "com.apple.system.thermalpressurelevel"
 
@@ -240,7 +241,8 @@ class ThermalStateSource(_LazyReaderSource):
 class PmsetThermalSource(Source):
     """`pmset -g therm` (Intel Macs): pressure level (estimated) and speed-limit throttling.
 
-    A drop of CPU_Speed_Limit below 100 counts one throttle event, reason "cpu_speed_limit".
+    A CPU_Speed_Limit below 100 is the throttle "cpu_speed_limit" (daemon/throttle.py): active
+    while it lasts, one event each time it drops below 100.
     """
 
     name = "pmset"
@@ -284,8 +286,18 @@ class PmsetThermalSource(Source):
     def read(self) -> Reading:
         therm = self._fetch()
         reading = Reading(thermal_pressure=therm.level)
-        throttled = therm.speed_limit is not None and therm.speed_limit < 100
+        throttled = throttle.speed_limit_throttles(therm.speed_limit)
+        if therm.speed_limit is not None:
+            reading.throttle_active = frozenset({throttle.CPU_SPEED_LIMIT} if throttled else ())
         if throttled and not self._throttled:
-            reading.throttle_events["cpu_speed_limit"] = 1
+            reading.throttle_events[throttle.CPU_SPEED_LIMIT] = 1
         self._throttled = throttled
         return reading
+
+
+register(SourceSpec(name="thermal_notify", build=lambda _options: NotifyThermalSource(), platforms=("darwin",),
+                    order=20, description="macOS OSThermalPressureLevel (notify key), no root"))
+register(SourceSpec(name="thermal_state", build=lambda _options: ThermalStateSource(), platforms=("darwin",),
+                    order=21, description="macOS NSProcessInfo.thermalState, no root"))
+register(SourceSpec(name="pmset", build=lambda _options: PmsetThermalSource(), platforms=("darwin",),
+                    order=22, description="macOS pmset -g therm (Intel): CPU speed limit, thermal warning level"))

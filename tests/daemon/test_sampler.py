@@ -7,53 +7,23 @@ import sys
 import time
 
 import pytest
+from fake_sources import Clock, Scripted
 
 from daemon.sampler import Sampler, Snapshot, SourceHealth, default_sources
-from daemon.sources.base import NullSource, Reading, Source, SourceError, SourceUnavailable
+from daemon.sources.base import NullSource, Reading, SourceError, SourceUnavailable
 from daemon.sources.replay import ReplaySource
-
-
-class Clock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Scripted(Source):
-    """Returns the given readings in turn (the last one repeats); exceptions are raised."""
-
-    def __init__(self, name: str, readings: list, available: tuple[bool, str] = (True, "ok")):
-        self.name = name
-        self.readings = list(readings)
-        self.availability = available
-        self.reads = 0
-        self.probes = 0
-        self.closed = False
-
-    def available(self) -> tuple[bool, str]:
-        self.probes += 1
-        if isinstance(self.availability, Exception):
-            raise self.availability
-        return self.availability
-
-    def read(self) -> Reading:
-        self.reads += 1
-        item = self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def test_snapshot_fields_are_exactly_the_agreed_ones():
     assert [f.name for f in dataclasses.fields(Snapshot)] == [
         "time", "monotonic", "energy_joules", "power_watts", "temperatures_celsius",
         "thermal_pressure", "thermal_seconds_total", "throttle_events_total", "clock_hertz",
-        "memory_bytes", "health"]
+        "memory_bytes", "health",
+        # added for per-device health, hardware errors, energy totals and throttle state
+        "power_method", "energy_resets_total", "system_energy_joules", "energy_breakdown",
+        "throttle_active", "throttle_known", "throttled_seconds_total", "devices", "reading_unavailable",
+        "reading_errors_total", "hardware_errors_total", "hardware_conditions", "power_limit_watts",
+        "gap_seconds_total", "events"]
     assert [f.name for f in dataclasses.fields(SourceHealth)] == [
         "name", "up", "reason", "last_error", "errors_total", "reads_total",
         "read_duration_seconds"]

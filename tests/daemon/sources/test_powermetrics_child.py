@@ -192,3 +192,38 @@ def test_sudo_check_asks_for_the_exact_command_the_sudoers_rule_allows(fake_powe
     assert args[:2] == ["-n", "-l"]
     # the same list launchd/soakd.sudoers.in is rendered with (daemon/service_manager.py)
     assert args[2:] == powermetrics_command(1000, source.samplers, args[2], sudo=False)
+
+
+def test_child_restarted_for_size_leaves_a_gap_and_invents_no_energy(fake_powermetrics):
+    """A child whose RSS passes the bound is replaced; the time between the old child's last
+    sample and the new child's start is a gap, and only the samples delivered count."""
+    source = make_source(max_rss_bytes=1 * 2**20, rss_check_s=0.5)  # any python child is bigger
+    one_child = 1.186  # J: the five recorded documents
+    try:
+        readings, errors = poll(source, lambda r, e: total(r) >= 2 * one_child - 1e-9)
+    finally:
+        source.close()
+    assert errors == []
+    assert source.restarts["restarted_for_size"] >= 1 and source.starts >= 2
+    restarts = [n for r in readings for n in r.notes if n.startswith("restarted_for_size: ")]
+    assert restarts and "RSS" in restarts[0]
+    gaps = [g for r in readings for g in r.gaps]
+    assert gaps and all(end > start for start, end in gaps)
+    # energy is exactly what the two children's windows measured: nothing for the gap
+    assert total(readings) == pytest.approx(2 * one_child)
+    window = sum(r.energy_window_seconds or 0.0 for r in readings)
+    assert window == pytest.approx(2 * 25.052688415)
+
+
+def test_child_restarted_on_schedule(fake_powermetrics):
+    clock_offset = [0.0]
+    source = make_source(max_age_s=3600, max_rss_bytes=0, clock=lambda: time.monotonic() + clock_offset[0])
+    try:
+        poll(source, lambda r, e: total(r) > 0)
+        clock_offset[0] = 3600.0  # an hour later
+        reading = source.read()
+        poll(source, lambda r, e: len(fake_powermetrics()) == 2)  # the new child runs
+    finally:
+        source.close()
+    assert [n.split(":")[0] for n in reading.notes] == ["restarted_for_age"]
+    assert source.starts == 2 and source.restarts == {"restarted_for_age": 1, "restarted_for_size": 0}

@@ -158,3 +158,32 @@ def test_reading_sums_energy_over_the_measured_windows():
     idle = reading_from_samples([], last=a)
     assert idle.energy_joules == {} and idle.energy_window_seconds is None
     assert idle.thermal_pressure == "heavy" and idle.clock_hertz["gpu"] == 1e9
+
+
+def test_field_report_intel_mac_package_joules_is_package_energy(field_reports_dir, tmp_path):
+    """Intel Macs: `processor.package_joules` (J) and `package_watts` (W), no `*_energy` keys."""
+    from daemon.energy import breakdown
+    from daemon.sampler import Sampler
+    from daemon.sources.replay import ReplaySource
+
+    raw = (field_reports_dir / "intel-mac_plist_package-joules.plist").read_bytes()
+    first, second = parse_plist_stream(raw)
+    assert first.energy_joules == {"package": pytest.approx(27.5028)}
+    assert first.elapsed_seconds == pytest.approx(5.004803923)
+    assert first.power_watts == {"package": pytest.approx(5.4953, abs=5e-5)}
+    assert second.energy_joules == {"package": pytest.approx(25.2131)}
+    assert second.power_watts == {"package": pytest.approx(5.0361, abs=5e-5)}
+    assert first.cpu_frequency_hz == pytest.approx(2.11453e9)
+    reading = reading_from_samples([first, second])
+    assert reading.energy_joules == {"package": pytest.approx(27.5028 + 25.2131)}
+    assert reading.clock_hertz == {"cpu": pytest.approx(1.93827e9)}  # the newest sample's
+    assert breakdown(reading.energy_joules).joules == pytest.approx(52.7159)
+    # through the sampler (a replay of the capture): power over the recorded windows
+    snap = Sampler([ReplaySource(field_reports_dir / "intel-mac_plist_package-joules.plist")]).sample_once()
+    assert snap.power_watts == {("replay", "package"): pytest.approx(5.4953, abs=5e-5)}
+    assert snap.power_method == {("replay", "package"): "counter"}
+
+
+def test_a_package_watts_only_sample_derives_its_energy():
+    sample = sample_from_plist({"elapsed_ns": 2_000_000_000, "processor": {"package_watts": 4.0}})
+    assert sample.energy_joules == {"package": pytest.approx(8.0)}
