@@ -95,6 +95,12 @@ class WorkloadMetrics:
         self.micro_flops = i("soakd_micro_flop_per_second")
         self.micro_bytes = i("soakd_micro_bytes_per_second")
         self.trackers: dict[Key, StabilityTracker] = {}
+        # Throttling is a phase-level fact (one host, one heat): the time to the first throttle
+        # is counted from the phase's start for every series of the phase.
+        self._phase_started: float | None = None
+        self._first_throttle: float | None = None
+        self._throttle_known = False
+        self._throttle_active = False
         self.runs: dict[Key, RunConfig] = {}
         self.active_keys: set[Key] = set()
         self.worker_memory: dict[str, int] = {}
@@ -104,21 +110,36 @@ class WorkloadMetrics:
     # --- phases -------------------------------------------------------------------------------
 
     def begin_phase(self) -> None:
-        """A new phase starts: stability is measured per phase run."""
+        """A new phase starts: stability is measured per phase run, the time to the first
+        throttle counts from now, and the last phase's (or rotation's) figures go away."""
         with self._lock:
             self.trackers.clear()
+            self.first_throttle.clear()
+            self._phase_started = self._now()
+            self._first_throttle = self._phase_started if self._throttle_active else None
+
+    def end_phase(self, keys: list[Key]) -> None:
+        """A phase ended: its live gauges go away (a dashboard shows a gap, an alert stops)."""
+        with self._lock:
+            for key in keys:
+                for gauge in (self.throughput, self.sustained, self.variation):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(*key)
 
     def tracker(self, key: Key) -> StabilityTracker:
         """The series' stability tracker in this phase (made on first use)."""
         if key not in self.trackers:
-            self.trackers[key] = StabilityTracker(phase_started_wall=self._now())
+            self.trackers[key] = StabilityTracker()
         return self.trackers[key]
 
-    def note_throttle(self) -> None:
-        """A throttle event happened now: every active key's first throttle is now (if none yet)."""
+    def throttle_state(self, active: bool, known: bool) -> None:
+        """The host's throttle state now (daemon/throttle.py): any throttle reason active, and
+        whether any source can see throttling at all. The first tick with one active during a
+        phase is the phase's first throttle, whether it began then or was already on."""
         with self._lock:
-            for key in self.active_keys:
-                self.tracker(key).note_throttle(self._now())
+            self._throttle_known, self._throttle_active = known, active
+            if active and self._phase_started is not None and self._first_throttle is None:
+                self._first_throttle = self._now()
 
     def add_slice_energy(self, key: Key, joules: float | None) -> None:
         """Whole-system joules used during a slice's measured time, for FLOP per joule."""
@@ -178,6 +199,19 @@ class WorkloadMetrics:
                 self.device_relative.labels(*key).set(verdict.relative)
                 self.device_outlier.labels(*key).set(1 if verdict.outlier else 0)
 
+    def _set_first_throttle(self, key: Key) -> None:
+        """Time from the phase's start to its first throttle (throttled="true"), or so far
+        without one ("false", a lower bound); absent where no source can see throttling."""
+        for throttled in ("true", "false"):
+            with contextlib.suppress(KeyError):
+                self.first_throttle.remove(*key, throttled)
+        if not self._throttle_known or self._phase_started is None:
+            return
+        if self._first_throttle is not None:
+            self.first_throttle.labels(*key, "true").set(max(0.0, self._first_throttle - self._phase_started))
+        else:
+            self.first_throttle.labels(*key, "false").set(max(0.0, self._now() - self._phase_started))
+
     def _set_run(self, key: Key, run: RunConfig) -> None:
         old = self.runs.get(key)
         if old == run:
@@ -204,12 +238,7 @@ class WorkloadMetrics:
                              (self.variation, tracker.variation())):
             if value is not None:
                 gauge.labels(*key).set(value)
-        seconds, throttled = tracker.time_to_first_throttle(self._now())
-        # the other series goes away once the phase has throttled
-        self.first_throttle.labels(*key, "true" if throttled else "false").set(seconds)
-        if throttled:
-            with contextlib.suppress(KeyError):
-                self.first_throttle.remove(*key, "false")
+        self._set_first_throttle(key)
         memory = event.memory
         self.worker_memory = {"worker_rss": memory.rss, "worker_peak_rss": memory.peak_rss,
                               **memory.device_gauges()}

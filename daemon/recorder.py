@@ -155,6 +155,9 @@ class Recorder:
                           remaining_seconds=_round(self.progress.remaining_seconds()))
         elif isinstance(event, PhaseEnded):
             self._judge_devices(event.phase)
+            self.metrics.end_phase([(event.phase, backend, event.precision, device)
+                                    for backend, precision, device in self._phase_slices
+                                    if precision == event.precision])
             share = event.gap_seconds / event.wall_seconds if event.wall_seconds > 0 else 0.0
             self.log.info("phase_end", phase=event.phase, precision=event.precision,
                           wall_seconds=round(event.wall_seconds, 2), load_gap_seconds=round(event.gap_seconds, 3),

@@ -383,8 +383,8 @@ class Service:
         throttles = sum(snap.throttle_events_total.values())
         level = snap.thermal_pressure
         escalated = level not in (None, "nominal") and level != self._last_level
+        self.metrics.throttle_state(bool(snap.throttle_active), snap.throttle_known)
         if throttles > self._last_throttles or escalated:
-            self.metrics.note_throttle()
             if self._last_throttles or escalated:
                 self.journal.add_event("throttle", {"events_total": throttles, "thermal_pressure": level},
                                        rotation_id=self._rotation_id)

@@ -32,14 +32,12 @@ class Segment:
 class StabilityTracker:
     """Throughput history of one phase/backend/precision within one phase run."""
 
-    phase_started_wall: float
     measured: float = 0.0
     flop: float = 0.0
     baseline_flop: float = 0.0
     baseline_seconds: float = 0.0
     energy_joules: float = 0.0
     energy_known: bool = False
-    first_throttle_wall: float | None = None
     segments: deque[Segment] = field(default_factory=deque)
 
     def add(self, seconds: float, flop: float) -> None:
@@ -90,16 +88,6 @@ class StabilityTracker:
             return None
         var = sum((r - mean) ** 2 for r in rates) / (len(rates) - 1)
         return math.sqrt(var) / mean
-
-    def note_throttle(self, wall: float) -> None:
-        if self.first_throttle_wall is None:
-            self.first_throttle_wall = wall
-
-    def time_to_first_throttle(self, now_wall: float) -> tuple[float, bool]:
-        """(seconds, throttled): time to the first throttle, or time so far without one."""
-        if self.first_throttle_wall is not None:
-            return max(0.0, self.first_throttle_wall - self.phase_started_wall), True
-        return max(0.0, now_wall - self.phase_started_wall), False
 
     def add_energy(self, joules: float | None) -> None:
         if joules is not None and joules >= 0:

@@ -93,3 +93,65 @@ def test_micro_results_are_exported() -> None:
     assert registry.get_sample_value("soakd_micro_flop_per_second", sample) == pytest.approx(26.2e9)
     assert registry.get_sample_value("soakd_micro_runs_total") == 1
     assert not math.isnan(registry.get_sample_value("soakd_micro_bytes_per_second", sample) or math.nan)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def first_throttle(registry: CollectorRegistry, ctx: SliceContext) -> dict[str, float | None]:
+    return {t: registry.get_sample_value("soakd_time_to_first_throttle_seconds", {**labels(ctx), "throttled": t})
+            for t in ("true", "false")}
+
+
+def test_time_to_first_throttle_is_per_phase_and_from_the_level() -> None:
+    """Counted from the phase's start for every backend (not from each backend's first slice),
+    from a throttle that is on (not only one that just began), gone when the next phase starts."""
+    clock = Clock()
+    registry = CollectorRegistry()
+    metrics = WorkloadMetrics(registry, now=clock)
+    metrics.throttle_state(active=False, known=True)
+    metrics.begin_phase()
+    a, b = context(CI.conv, "cpu"), context(CI.conv, "mps")
+    clock.now += 10
+    metrics.handle(a, steps(5))
+    assert first_throttle(registry, a) == {"true": None, "false": 10.0}  # a lower bound so far
+    clock.now += 5
+    metrics.throttle_state(active=True, known=True)  # e.g. a GPU at its power cap
+    clock.now += 20
+    metrics.handle(b, steps(5))  # b's first slice starts 35 s into the phase
+    assert first_throttle(registry, b) == {"true": 15.0, "false": None}
+    metrics.handle(a, steps(5))
+    assert first_throttle(registry, a) == {"true": 15.0, "false": None}
+    metrics.begin_phase()  # the next phase: the old series are gone, the clock restarts
+    assert first_throttle(registry, a) == {"true": None, "false": None}
+    clock.now += 3
+    metrics.throttle_state(active=True, known=True)  # under heavy pressure from the start
+    metrics.handle(a, steps(5))
+    assert first_throttle(registry, a) == {"true": 0.0, "false": None}
+
+
+def test_time_to_first_throttle_is_absent_where_throttling_cannot_be_seen() -> None:
+    registry = CollectorRegistry()
+    metrics = WorkloadMetrics(registry)
+    metrics.throttle_state(active=False, known=False)
+    metrics.begin_phase()
+    ctx = context()
+    metrics.handle(ctx, steps(5))
+    assert first_throttle(registry, ctx) == {"true": None, "false": None}  # unknown, not "none for N s"
+
+
+def test_live_gauges_go_away_when_the_phase_ends() -> None:
+    registry = CollectorRegistry()
+    metrics = WorkloadMetrics(registry)
+    metrics.begin_phase()
+    ctx = context()
+    metrics.handle(ctx, steps(5))
+    assert registry.get_sample_value("soakd_throughput_flop_per_second", labels(ctx)) is not None
+    metrics.end_phase([(ctx.phase, ctx.backend, ctx.precision, ctx.device)])
+    assert registry.get_sample_value("soakd_throughput_flop_per_second", labels(ctx)) is None
+    assert registry.get_sample_value("soakd_steps_total", labels(ctx)) == 5  # counters stay

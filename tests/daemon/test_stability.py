@@ -8,7 +8,7 @@ from daemon.stability import StabilityTracker, system_energy
 
 
 def test_sustained_ratio_compares_last_minute_with_first_minute() -> None:
-    tracker = StabilityTracker(phase_started_wall=0.0)
+    tracker = StabilityTracker()
     for _ in range(240):  # 60 s at 100 FLOP/s
         tracker.add(0.25, 25.0)
     assert tracker.sustained_ratio() is None  # one window: no ratio yet, not 1.000
@@ -23,7 +23,7 @@ def test_sustained_ratio_is_absent_until_the_windows_are_disjoint() -> None:
     """Throughput halved mid-phase in a 60 s phase: the first and last minute are the same
     minute, so the old ratio read 1.000 by construction. Now it is absent until two disjoint
     minutes exist, and then it reads the drop."""
-    tracker = StabilityTracker(phase_started_wall=0.0)
+    tracker = StabilityTracker()
     for _ in range(120):  # 30 s at 100 FLOP/s
         tracker.add(0.25, 25.0)
     for _ in range(120):  # 30 s at 50 FLOP/s
@@ -37,23 +37,15 @@ def test_sustained_ratio_is_absent_until_the_windows_are_disjoint() -> None:
 
 
 def test_variation_is_the_coefficient_of_variation() -> None:
-    tracker = StabilityTracker(phase_started_wall=0.0)
+    tracker = StabilityTracker()
     for flop in (10.0, 30.0) * 20:
         tracker.add(1.0, flop)
     # mean 20, sample stddev of alternating 10/30 over 40 values = 10 * sqrt(40/39)
     assert tracker.variation() == pytest.approx(0.5 * (40 / 39) ** 0.5)
 
 
-def test_time_to_first_throttle_is_a_lower_bound_until_a_throttle() -> None:
-    tracker = StabilityTracker(phase_started_wall=100.0)
-    assert tracker.time_to_first_throttle(130.0) == (30.0, False)
-    tracker.note_throttle(145.0)
-    tracker.note_throttle(160.0)  # only the first counts
-    assert tracker.time_to_first_throttle(200.0) == (45.0, True)
-
-
 def test_flop_per_joule_needs_energy() -> None:
-    tracker = StabilityTracker(phase_started_wall=0.0)
+    tracker = StabilityTracker()
     tracker.add(1.0, 1e12)
     assert tracker.flop_per_joule() is None
     tracker.add_energy(50.0)
