@@ -163,6 +163,9 @@ class WorkloadMetrics:
             elif isinstance(event, SliceEnded):
                 self.active.labels(*key).set(0)
                 self.active_keys.discard(key)
+                # not running: no "throughput now" (a panel shows a gap, not a ramp or a stale value)
+                with contextlib.suppress(KeyError):
+                    self.throughput.remove(*key)
                 turn = event.result.turn_ended - event.result.turn_started
                 if turn == turn:  # not NaN: the turn was timed
                     self.load_gap.labels(*key).inc(event.result.gap_seconds)
@@ -266,6 +269,7 @@ class WorkloadMetrics:
             for key in self.active_keys:
                 self.active.labels(*key).set(0)
             self.active_keys.clear()
+            self.worker_memory = {}  # no worker runs between rotations
 
     def micro_results(self, results: list[MicroResult]) -> None:
         """One micro-benchmark suite run's results."""

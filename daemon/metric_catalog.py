@@ -44,7 +44,8 @@ METRICS: tuple[MetricDef, ...] = (
               "Last norm-wise relative error against the float64 reference."),
     MetricDef("soakd_phase_active", "gauge", WORKLOAD, "1 while a slice of this phase/backend runs."),
     MetricDef("soakd_throughput_flop_per_second", "gauge", WORKLOAD,
-              "Throughput over the last 10 s of measured steps."),
+              "Throughput over the last 10 s of the series' measured steps; present only while a slice "
+              "of the series runs (a gap while another backend's slice runs, or no work does)."),
     MetricDef("soakd_sustained_ratio", "gauge", WORKLOAD,
               "Recent throughput (last 60 s) over the throughput in the phase's first minute "
               "after warm-up (0-1 when it sags)."),
