@@ -116,6 +116,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup-seconds", type=float, default=1.0,
                         help="untimed run of both sides before the rounds (default: 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tail-sample-every", type=int, default=None, metavar="N",
+                        help="time one group of short CUDA steps in N step by step (soakd: 16); 0 "
+                             "turns the sample off, to measure what it costs")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (default: torch's own choice)")
     args = parser.parse_args(argv)
@@ -291,7 +294,8 @@ def render(rows: list[Row], args: argparse.Namespace, argv: Sequence[str]) -> st
         f"- host: {chip()}; Python {platform.python_version()}; torch {torch.__version__}",
         f"- profile: {args.profile} (overrides: {overrides}); {args.rounds} rounds, alternating "
         f"which side runs first, {args.seconds:g} s each side, after a {args.warmup_seconds:g} s "
-        "untimed warm-up; reference check off",
+        "untimed warm-up; reference check off; short CUDA steps: one timing group in "
+        f"{args.tail_sample_every if args.tail_sample_every is not None else 16} timed step by step (0: off)",
         f"- soakd = steps / soakd's measured seconds; bare = the same step count timed by the "
         f"wall clock, same technique; ratio = soakd / bare (target >= {TARGET}, or within the "
         "bare-vs-bare spread |B/B' - 1|)",
@@ -331,6 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.tail_sample_every is not None:
+        import workloads.measure
+
+        workloads.measure.SAMPLE_EVERY_GROUPS = args.tail_sample_every or 2**62
     backend = get_backend(args.device)
     availability = backend.available()
     if not availability.ok:

@@ -44,7 +44,9 @@ def test_scrape_passes_promtool_and_shows_a_rotation(daemon: Daemon) -> None:
         assert sample_value(text, "soakd_steps_total", phase=phase, backend="cpu") > 0
         assert sample_value(text, "soakd_flop_total", phase=phase) > 0
         assert sample_value(text, "soakd_step_duration_seconds_count", phase=phase) > 0
-        assert sample_value(text, "soakd_sustained_ratio", phase=phase) > 0
+        # seconds-long phases never hold two disjoint minutes, and the phase is over: no ratio
+        assert "soakd_sustained_ratio{" not in text
+        assert "soakd_throughput_flop_per_second{" not in text  # no slice runs now
         assert sample_value(text, "soakd_flop_per_joule", phase=phase) > 0
     assert sample_value(text, "soakd_numeric_mismatches_total") == 0
     assert sample_value(text, "soakd_energy_joules_total", source="replay", component="combined") > 0
