@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from daemon.metric_catalog import BY_NAME, MetricDef
-from daemon.stability import StabilityTracker
+from daemon.stability import StabilityTracker, window_for
 from daemon.telemetry_exporter import SnapshotCollector
 from daemon.verdicts import DeviceVerdict
 from workloads.micro.results import MicroResult
@@ -101,6 +101,7 @@ class WorkloadMetrics:
         self._first_throttle: float | None = None
         self._throttle_known = False
         self._throttle_active = False
+        self._stability_window = window_for(0.0)
         self.runs: dict[Key, RunConfig] = {}
         self.active_keys: set[Key] = set()
         self.worker_memory: dict[str, int] = {}
@@ -109,11 +110,13 @@ class WorkloadMetrics:
 
     # --- phases -------------------------------------------------------------------------------
 
-    def begin_phase(self) -> None:
-        """A new phase starts: stability is measured per phase run, the time to the first
-        throttle counts from now, and the last phase's (or rotation's) figures go away."""
+    def begin_phase(self, planned_seconds: float = 0.0) -> None:
+        """A new phase starts: stability is measured per phase run (windows sized for
+        `planned_seconds`, daemon/stability.window_for), the time to the first throttle counts
+        from now, and the last phase's (or rotation's) figures go away."""
         with self._lock:
             self.trackers.clear()
+            self._stability_window = window_for(planned_seconds)
             self.first_throttle.clear()
             self._phase_started = self._now()
             self._first_throttle = self._phase_started if self._throttle_active else None
@@ -129,7 +132,7 @@ class WorkloadMetrics:
     def tracker(self, key: Key) -> StabilityTracker:
         """The series' stability tracker in this phase (made on first use)."""
         if key not in self.trackers:
-            self.trackers[key] = StabilityTracker()
+            self.trackers[key] = StabilityTracker(window=self._stability_window)
         return self.trackers[key]
 
     def throttle_state(self, active: bool, known: bool) -> None:

@@ -148,7 +148,7 @@ class Recorder:
             self.progress.phase, self.progress.precision = event.phase, event.precision
             self.progress.planned_seconds, self.progress.slices = event.planned_seconds, event.slices
             self.progress.phase_started, self.progress.slice_index = event.started, 0
-            self.metrics.begin_phase()
+            self.metrics.begin_phase(event.planned_seconds)
             self._phase_slices.clear()
             self.log.info("phase_start", phase=event.phase, precision=event.precision,
                           phase_index=f"{self.progress.unit}/{self.progress.units}", slices=event.slices,

@@ -384,10 +384,9 @@ class Service:
         level = snap.thermal_pressure
         escalated = level not in (None, "nominal") and level != self._last_level
         self.metrics.throttle_state(bool(snap.throttle_active), snap.throttle_known)
-        if throttles > self._last_throttles or escalated:
-            if self._last_throttles or escalated:
-                self.journal.add_event("throttle", {"events_total": throttles, "thermal_pressure": level},
-                                       rotation_id=self._rotation_id)
+        if (throttles > self._last_throttles and self._last_throttles) or escalated:
+            self.journal.add_event("throttle", {"events_total": throttles, "thermal_pressure": level},
+                                   rotation_id=self._rotation_id)
         self._last_throttles = throttles
         self._last_level = level
         changed = self._journal_telemetry(snap)

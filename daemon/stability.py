@@ -18,6 +18,13 @@ __all__ = ["BASELINE_SECONDS", "RECENT_SECONDS", "THROUGHPUT_SECONDS", "Segment"
 
 BASELINE_SECONDS = 60.0  # the phase's first minute of measured time after warm-up
 RECENT_SECONDS = 60.0  # window for the sustained ratio and the variation
+
+
+def window_for(phase_seconds: float) -> float:
+    """The first/last window of a phase planned for `phase_seconds` (0: unknown): a minute, or
+    an eighth of a shorter phase, so a phase of a few seconds still gets two disjoint windows
+    per backend when two backends share it."""
+    return min(RECENT_SECONDS, phase_seconds / 8.0) if phase_seconds > 0 else RECENT_SECONDS
 THROUGHPUT_SECONDS = 10.0  # window for the "throughput now" gauge
 
 
@@ -32,6 +39,7 @@ class Segment:
 class StabilityTracker:
     """Throughput history of one phase/backend/precision within one phase run."""
 
+    window: float = RECENT_SECONDS  # the first and the last window (s of measured time)
     measured: float = 0.0
     flop: float = 0.0
     baseline_flop: float = 0.0
@@ -43,14 +51,14 @@ class StabilityTracker:
     def add(self, seconds: float, flop: float) -> None:
         if seconds <= 0:
             return
-        if self.baseline_seconds < BASELINE_SECONDS:
-            take = min(seconds, BASELINE_SECONDS - self.baseline_seconds)
+        if self.baseline_seconds < self.window:
+            take = min(seconds, self.window - self.baseline_seconds)
             self.baseline_seconds += take
             self.baseline_flop += flop * take / seconds
         self.measured += seconds
         self.flop += flop
         self.segments.append(Segment(self.measured, seconds, flop))
-        while self.segments and self.segments[0].measured_end <= self.measured - RECENT_SECONDS:
+        while self.segments and self.segments[0].measured_end <= self.measured - max(self.window, THROUGHPUT_SECONDS):
             self.segments.popleft()
 
     def _window(self, seconds: float) -> list[Segment]:
@@ -66,21 +74,21 @@ class StabilityTracker:
     def sustained_ratio(self) -> float | None:
         """Throughput over the last minute / throughput over the first minute after warm-up.
 
-        None until the two windows are disjoint (at least BASELINE_SECONDS + RECENT_SECONDS of
+        None until the two windows are disjoint (at least twice `window` of
         measured time): before that they share measured time and the ratio is 1 by
         construction, not by measurement. (The verdicts' stability score is another figure:
         the worst loop over the best loop.)
         """
-        if self.measured < BASELINE_SECONDS + RECENT_SECONDS - 1e-9:
+        if self.measured < 2 * self.window - 1e-9:
             return None
         if self.baseline_seconds <= 0 or self.baseline_flop <= 0:
             return None
-        recent = self.throughput(RECENT_SECONDS)
+        recent = self.throughput(self.window)
         return recent / (self.baseline_flop / self.baseline_seconds) if recent is not None else None
 
     def variation(self) -> float | None:
         """Coefficient of variation of segment throughputs (segments are ~0.25 s) in the last minute."""
-        rates = [s.flop / s.seconds for s in self._window(RECENT_SECONDS) if s.seconds > 0]
+        rates = [s.flop / s.seconds for s in self._window(self.window) if s.seconds > 0]
         if len(rates) < 2:
             return None
         mean = sum(rates) / len(rates)

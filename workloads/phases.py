@@ -177,17 +177,21 @@ class Profile:
     phase_seconds: float  # whole phase, shared by the backends that run it
     slice_seconds: float  # backends alternate in slices of this length
     warmup_steps: int
-    check_every: int  # compare with the float64 reference every K steps
+    check_every: int  # compare with the float64 reference every K steps ...
     cpu_baseline_seconds: float  # short CPU run per phase for "speedup vs CPU"
     # How long a worker may take to prepare (model build, float64 reference, Core ML
     # conversion and compile) before it is killed: generous for the heavy shapes, short for
     # the small ones so a stuck worker does not hold a ci rotation for 15 minutes.
     prepare_timeout_seconds: float = 900.0
+    # ... but at most once per this much measured time: a check costs milliseconds of device
+    # idle time, and at thousands of steps a second "every 50 steps" is hundreds a second.
+    check_interval_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         # Overrides are coerced to the type of the current value: keep durations floats even
         # when written as ints (20 * 60), so that 1.5 s is accepted.
-        for name in ("phase_seconds", "slice_seconds", "cpu_baseline_seconds", "prepare_timeout_seconds"):
+        for name in ("phase_seconds", "slice_seconds", "cpu_baseline_seconds", "prepare_timeout_seconds",
+                     "check_interval_seconds"):
             object.__setattr__(self, name, float(getattr(self, name)))
 
     def spec(self, phase: str) -> PhaseSpec:
@@ -212,6 +216,7 @@ PROFILES: dict[str, Profile] = {
         warmup_steps=3,
         check_every=50,
         cpu_baseline_seconds=60,
+        check_interval_seconds=10,
     ),
     "reduced": Profile(
         name="reduced",
@@ -223,6 +228,7 @@ PROFILES: dict[str, Profile] = {
         warmup_steps=3,
         check_every=50,
         cpu_baseline_seconds=60,
+        check_interval_seconds=10,
     ),
     # For a host whose only backend is the CPU: the heavy conv step takes ~28 s on 2 cores, so
     # a heavy rotation runs for hours. These shapes take 0.05-0.8 s a step on 2 cores here
@@ -238,6 +244,7 @@ PROFILES: dict[str, Profile] = {
         check_every=20,
         cpu_baseline_seconds=0,
         prepare_timeout_seconds=300,
+        check_interval_seconds=10,
     ),
     "light": Profile(
         name="light",
@@ -250,6 +257,7 @@ PROFILES: dict[str, Profile] = {
         check_every=20,
         cpu_baseline_seconds=3,
         prepare_timeout_seconds=180,
+        check_interval_seconds=1,
     ),
     "ci": Profile(
         name="ci",

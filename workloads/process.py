@@ -554,12 +554,18 @@ class InProcessWorker(Worker):
 
 
 def probe(backends: tuple[str, ...], precisions: tuple[str, ...], in_process: bool = False,
-          timeout_s: float = 120.0) -> ProbeResult | Failure:
-    """Which backends run here, asked of a worker (the caller need not import torch)."""
+          timeout_s: float = 120.0, keep: bool = False) -> tuple[ProbeResult | Failure, Worker | None]:
+    """Which backends run here, asked of a worker (the caller need not import torch).
+
+    With `keep` the worker is returned alive (it has imported torch already: a rotation
+    prepares its first lane on it instead of starting another); else it is closed (None).
+    """
     worker: Worker = InProcessWorker("probe") if in_process else Worker("probe")
     try:
         answer = worker.request(Probe(backends, precisions), timeout_s)
     finally:
-        worker.close()
-    return answer if isinstance(answer, ProbeResult | Failure) else Failure(
-        "worker_exit", f"unexpected answer to a probe: {type(answer).__name__}", "probe")
+        if not keep or not isinstance(answer, ProbeResult):
+            worker.close()
+    if not isinstance(answer, ProbeResult | Failure):
+        answer = Failure("worker_exit", f"unexpected answer to a probe: {type(answer).__name__}", "probe")
+    return answer, (worker if keep and isinstance(answer, ProbeResult) else None)

@@ -159,6 +159,7 @@ class RunSlice:
     warmup_steps: int = 3
     check_every: int = 50
     flush_interval_s: float = 0.25
+    check_interval_s: float = 0.0  # and at most one check per this much measured time
 
 
 @dataclass(frozen=True)

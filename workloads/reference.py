@@ -57,9 +57,14 @@ def tolerance(spec: PhaseSpec, precision: str) -> float:
 
 
 def relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:
-    """Norm-wise relative error in float64; inf when the output holds NaN/inf or the shape differs."""
-    out = output.detach().to("cpu", torch.float64)
-    ref = reference.detach().to("cpu", torch.float64)
+    """Norm-wise relative error in float64; inf when the output holds NaN/inf or the shape differs.
+
+    Computed where `output` is when that device has float64 (CUDA: no copy of the output to the
+    host, the reference is moved instead), else on the CPU.
+    """
+    device = output.device if output.device.type == "cuda" else torch.device("cpu")
+    out = output.detach().to(device, torch.float64)
+    ref = reference.detach().to(device, torch.float64)
     if out.shape != ref.shape or not bool(torch.isfinite(out).all()):
         return math.inf
     denom = float(torch.linalg.vector_norm(ref))

@@ -276,6 +276,7 @@ class RotationRunner:
         self._lock = threading.Lock()
         self._slice_ids = itertools.count(1)
         self._ahead: dict[WorkerKey, Worker] = {}
+        self._spare: Worker | None = None  # the probe's worker, torch imported: the first lane's
         self._retiring: list[threading.Thread] = []
         self.probe: ProbeResult = ProbeResult({})
         self.backends: list[str] = []
@@ -315,7 +316,8 @@ class RotationRunner:
             [*(auto_candidates() if "auto" in self.plan.backends else ()), *names,
              *(b for n in names for b in fallback_chain(n)), "cpu"]))
         wanted = {p for p in self.plan.precisions if p != "auto"} | {"fp32", "tf32", "fp16", "bf16"}
-        answer = probe(tuple(candidates), tuple(sorted(wanted)), in_process=self.plan.in_process)
+        answer, self._spare = probe(tuple(candidates), tuple(sorted(wanted)), in_process=self.plan.in_process,
+                                    keep=True)
         if isinstance(answer, Failure):  # no worker could even start: every backend is unavailable
             reason = Availability.no(f"backend probe failed: {answer.reason}: {answer.detail}")
             answer = ProbeResult({name: BackendProbe(reason, {}, ()) for name in candidates})
@@ -454,7 +456,8 @@ class RotationRunner:
                                duration_s=None if plan.steps is not None else duration,
                                max_steps=plan.steps,
                                warmup_steps=1 if lane.baseline else profile.warmup_steps,
-                               check_every=profile.check_every)
+                               check_every=profile.check_every,
+                               check_interval_s=profile.check_interval_seconds)
             outcome: Failure | None = ready if isinstance(ready, Failure) else None
             if outcome is None:
                 result.run, result.device_name = worker.run, worker.prepared.device_name if worker.prepared else ""
@@ -545,7 +548,7 @@ class RotationRunner:
             if ahead is not None:
                 lane.worker = ahead
                 continue
-            lane.worker = self._new_worker(backend, lane.device)
+            lane.worker, self._spare = self._spare or self._new_worker(backend, lane.device), None
             lane.worker.prepare(self._prepare_command(phase, precision, backend, lane.device, warm))
 
     def _await_all(self, lanes: list[_Lane], phase: str, precision: str) -> None:
@@ -627,6 +630,8 @@ class RotationRunner:
         self._retiring.append(thread)
 
     def _shutdown(self) -> None:
+        self._retire(self._spare)
+        self._spare = None
         for worker in self._ahead.values():
             if self.stop.is_set():
                 worker.kill()  # a stop cuts preparation short: nothing of it is worth keeping

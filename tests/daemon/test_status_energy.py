@@ -10,12 +10,13 @@ from cli_helpers import run_main
 
 from daemon.commands.status import summarize_rotation
 from daemon.journal import Journal
+from daemon.records import SliceRow
 
 
-def slice_row(energy: dict[str, float]) -> dict:
-    return {"phase": "matmul", "requested_backend": "cpu", "backend": "cpu", "precision": "fp32",
-            "started_at": 100.0, "ended_at": 101.0, "steps": 5, "seconds": 1.0, "flop": 10.0,
-            "energy_joules": energy}
+def slice_row(energy: dict[str, float]) -> SliceRow:
+    return SliceRow(phase="matmul", requested_backend="cpu", backend="cpu", precision="fp32",
+                    started_at=100.0, ended_at=101.0, steps=5, seconds=1.0, flop=10.0,
+                    energy_joules=energy)
 
 
 def test_status_and_history_count_psys_not_psys_plus_its_parts(tmp_path: Path, capsys) -> None:

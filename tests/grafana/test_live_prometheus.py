@@ -45,6 +45,16 @@ def _query(base: str, expr: str) -> dict[str, Any]:
         return dict(json.loads(response.read()))
 
 
+def _query_range(base: str, expr: str, seconds: float = 600.0) -> dict[str, Any]:
+    """The expression over the last `seconds`, as a Grafana time-series panel asks for it: a
+    series that existed while work ran has data there even after it went away."""
+    end = time.time()
+    params = {"query": expr, "start": f"{end - seconds:.3f}", "end": f"{end:.3f}", "step": "1"}
+    url = f"{base}/api/v1/query_range?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return dict(json.loads(response.read()))
+
+
 def _has_data(answer: dict[str, Any]) -> bool:
     data = answer.get("data", {})
     if data.get("resultType") in ("scalar", "string"):
@@ -63,8 +73,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     # The rotation starts only once Prometheus scrapes the daemon (SIGUSR1 below), as on a host
     # where Prometheus is already running: a rotation over before the first scrape would leave
     # its counters with no increase to see.
+    # Phases of 12 s: the gauges that exist only while a slice runs (throughput now, the
+    # sustained ratio) live through at least two of the repo's 5 s scrapes.
     config = write_config(tmp / "soakd.toml", extra=f'thermal_root = "{tmp / "thermal"}"',
-                          run_at_start=False)
+                          run_at_start=False, phase_seconds=12.0)
     # The repo's config as it is when the default port is free; otherwise only the target moves.
     prometheus_yml = PROMETHEUS_YML
     port = 10466
@@ -112,7 +124,7 @@ def _wait_for_data(base: str, queries: list[tuple[str, str]], timeout: float) ->
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
         for name, expr in list(pending.items()):
-            answer = _query(base, expr)
+            answer = _query_range(base, expr)
             assert answer["status"] == "success", (name, expr, answer)
             if _has_data(answer):
                 del pending[name]

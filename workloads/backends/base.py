@@ -100,7 +100,8 @@ class PreparedWorkload(ABC):
 
     @abstractmethod
     def output_sample(self) -> torch.Tensor:
-        """Sample 0 of the last step's output as a float64 CPU tensor (synchronises)."""
+        """Sample 0 of the last step's output as a float64 tensor, on the CPU or on a device
+        that computes float64 (CUDA); synchronises."""
 
     def warm_up(self, steps: int, now: Callable[[], float] = time.perf_counter) -> float:
         """Run `steps` synchronised steps; returns the first one's seconds (NaN for none).

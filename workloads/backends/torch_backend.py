@@ -111,9 +111,13 @@ class TorchWorkload(PreparedWorkload):
         self.last_warmup_step_seconds = time.perf_counter() - started
 
     def output_sample(self) -> torch.Tensor:
+        """Sample 0 of the last output in float64: on the GPU for CUDA (the comparison runs
+        there, no copy to the host), on the CPU otherwise (MPS has no float64)."""
         if self.last_output is None:
             self.step()
         assert self.last_output is not None
+        if self.last_output.device.type == "cuda":
+            return self.last_output[:1].to(torch.float64)
         return self.last_output[:1].to("cpu", torch.float64)
 
     def device_memory(self) -> dict[str, int]:

@@ -70,7 +70,7 @@ def backend_list(backends: str | Sequence[str], in_process: bool = False) -> lis
     text = backends if isinstance(backends, str) else ",".join(backends)
     names = parse_backends(text)
     if "auto" in names:
-        answer = probe(auto_candidates(), ("fp32",), in_process=in_process)
+        answer, _ = probe(auto_candidates(), ("fp32",), in_process=in_process)
         empty = ProbeResult({})
         names = resolve_backends(names, answer if isinstance(answer, ProbeResult) else empty)
     return names
