@@ -13,14 +13,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from daemon.clitools import comma_list
 from daemon.paths import default_config_path, default_state_dir
+from workloads.micro_profiles import MICRO_PROFILES
+from workloads.phases import MODES
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-EX_CONFIG = 78
 # Outside 9100-9999, which Prometheus' default port allocations list has used up.
 DEFAULT_PORT = 10466
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
@@ -120,14 +122,11 @@ def _int(key: str, value: Any) -> int:
     return number
 
 
-def _list(key: str, value: Any) -> tuple[str, ...]:
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-        raise ConfigError(key, value, "expected a list of strings or a comma list")
-    cleaned = tuple(i.strip() for i in items if i.strip())
-    if not cleaned:
-        raise ConfigError(key, value, "must not be empty")
-    return cleaned
+def _list(key: str, value: Any, what: str = "item", allowed: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    try:
+        return tuple(comma_list(value, what, allowed))
+    except ValueError as exc:
+        raise ConfigError(key, value, str(exc)) from None
 
 
 def _choice(options: tuple[str, ...]) -> Any:
@@ -177,31 +176,19 @@ def _profile(key: str, value: Any) -> str:
 def _phases(key: str, value: Any) -> tuple[str, ...]:
     from workloads.phases import PHASE_NAMES
 
-    items = _list(key, value)
-    for item in items:
-        if item not in PHASE_NAMES:
-            raise ConfigError(key, value, f"unknown phase {item!r} (choose from {', '.join(PHASE_NAMES)})")
-    return items
+    return _list(key, value, "phase", PHASE_NAMES)
 
 
 def _precisions(key: str, value: Any) -> tuple[str, ...]:
     from workloads.backends import PRECISIONS
 
-    items = _list(key, value)
-    for item in items:
-        if item != "auto" and item not in PRECISIONS:
-            raise ConfigError(key, value, f"unknown precision {item!r} (choose from {', '.join(PRECISIONS)}, auto)")
-    return items
+    return _list(key, value, "precision", (*PRECISIONS, "auto"))
 
 
 def _backends(key: str, value: Any) -> str:
     from workloads.backends import BACKEND_NAMES
 
-    items = _list(key, value)
-    for item in items:
-        if item != "auto" and item not in BACKEND_NAMES:
-            raise ConfigError(key, value, f"unknown backend {item!r} (choose from {', '.join(BACKEND_NAMES)}, auto)")
-    return ",".join(items)
+    return ",".join(_list(key, value, "backend", (*BACKEND_NAMES, "auto")))
 
 
 # (section, key) -> (Config field, parser). Sections are the TOML tables.
@@ -220,11 +207,11 @@ SETTINGS: dict[tuple[str, str], tuple[str, Any]] = {
     ("workload", "backends"): ("backends", _backends),
     ("workload", "phases"): ("phases", _phases),
     ("workload", "precisions"): ("precisions", _precisions),
-    ("workload", "mode"): ("mode", _choice(("alternate", "sequential", "concurrent"))),
+    ("workload", "mode"): ("mode", _choice(MODES)),
     ("workload", "cpu_baseline"): ("cpu_baseline", _bool),
     ("workload", "seed"): ("seed", _int),
     ("sampler", "interval_seconds"): ("sampler_interval_seconds", _positive),
-    ("micro", "profile"): ("micro_profile", _choice(("ci", "light", "heavy"))),
+    ("micro", "profile"): ("micro_profile", _choice(tuple(MICRO_PROFILES))),
     ("micro", "backends"): ("micro_backends", _backends),
 }
 # [sources] keys handed to the telemetry sources as they are (validated by type here).

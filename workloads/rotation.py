@@ -9,15 +9,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from workloads.backends import Availability, fallback_chain, get_backend
-from workloads.phases import PHASE_NAMES, Profile
+from workloads.phases import PHASE_NAMES, Mode, Profile
 from workloads.runner import PhaseResult, SliceResult, run_slice
 from workloads.worker import Event, SliceRequest
 
-Mode = Literal["alternate", "sequential", "concurrent"]
-MODES: tuple[str, ...] = ("alternate", "sequential", "concurrent")
 # Failures that end a backend's part in the phase and move it along its fallback chain.
 FALLBACK_REASONS = frozenset({
     "unavailable", "unsupported_precision", "out_of_memory", "conversion_failed", "killed",

@@ -11,21 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from daemon.cli import UsageError
+from daemon.clitools import UsageError
 from workloads.backends import parse_backends
-from workloads.micro import (
-    MICRO_PROFILES,
-    MicroResult,
-    MicroRun,
-    get_micro_profile,
-    render_table,
-    run_micro_in_worker,
-)
+from workloads.micro_profiles import MICRO_PROFILES, get_micro_profile
+
+if TYPE_CHECKING:  # torch comes with workloads.micro: imported when the suite runs
+    from workloads.micro import MicroResult
 
 
 def register(subparsers: Any) -> None:
+    """Add `soakd micro` to the CLI's sub-parsers."""
     parser = subparsers.add_parser(
         "micro", help="run the micro-benchmark suite (matmul, element-wise, reduction, "
                       "transfer, activations, launch overhead)")
@@ -63,6 +60,9 @@ class Progress:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the suite, a worker per backend; print the tables (or JSON). Exit codes: module doc."""
+    from workloads.micro import MicroRun, render_table, run_micro_in_worker
+
     try:
         profile = get_micro_profile(args.profile, args.iterations)
         backends = parse_backends(args.backends)

@@ -7,18 +7,20 @@ import json
 import math
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from daemon.cli import UsageError
-from daemon.commands import coreml_overhead
+from daemon.clitools import UsageError, comma_list
 from workloads.backends import parse_backends, parse_precisions
 from workloads.host import host_info
-from workloads.phases import PHASE_NAMES, PROFILES, get_profile
-from workloads.rotation import MODES, RotationPlan, SliceContext, run_rotation, summarize
-from workloads.worker import Event
+from workloads.phases import MODES, PHASE_NAMES, PROFILES, get_profile
+
+if TYPE_CHECKING:  # torch comes with these: imported when a rotation runs, not to build the parser
+    from workloads.rotation import RotationPlan, SliceContext
+    from workloads.worker import Event
 
 
 def register(subparsers: Any) -> None:
+    """Add `soakd once` to the CLI's sub-parsers."""
     parser = subparsers.add_parser("once", help="run one rotation now and print the results")
     add_workload_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -26,6 +28,7 @@ def register(subparsers: Any) -> None:
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose a rotation: profile, backends, phases, precision, duration, mode."""
     parser.add_argument("--profile", default="light", choices=sorted(PROFILES),
                         help="shapes and durations (default: light)")
     parser.add_argument("--backends", default="auto",
@@ -47,17 +50,10 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the short CPU run that gives 'speedup vs CPU'")
 
 
-def _comma_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
-    items = [part.strip() for part in text.split(",") if part.strip()]
-    if not items:
-        raise UsageError(f"no {what} given")
-    for item in items:
-        if item not in allowed:
-            raise UsageError(f"unknown {what} {item!r} (choose from {', '.join(allowed)})")
-    return list(dict.fromkeys(items))
-
-
 def plan_from_args(args: argparse.Namespace) -> RotationPlan:
+    """The rotation the arguments ask for; raises UsageError naming the first bad argument."""
+    from workloads.rotation import RotationPlan
+
     overrides: dict[str, Any] = {}
     if args.duration is not None:
         if not args.duration > 0:
@@ -72,14 +68,15 @@ def plan_from_args(args: argparse.Namespace) -> RotationPlan:
     try:
         profile = get_profile(args.profile, overrides)
         backends = parse_backends(args.backends)
-        parse_precisions(args.precision, backends)
+        precisions = parse_precisions(args.precision, backends)
+        phases = comma_list(args.phases, "phase", PHASE_NAMES)
     except (KeyError, ValueError) as exc:
         raise UsageError(str(exc).strip("'\"")) from None
     return RotationPlan(
         profile=profile,
         backends=backends,
-        phases=_comma_list(args.phases, PHASE_NAMES, "phase"),
-        precisions=parse_precisions(args.precision, backends),
+        phases=phases,
+        precisions=precisions,
         mode=args.mode,
         steps=args.steps,
         cpu_baseline=not args.no_cpu_baseline,
@@ -124,6 +121,8 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
+    """The `soakd once` table: one line per summarized phase x backend x precision row
+    (workloads.rotation.summarize's dicts), then the fallbacks with their reasons."""
     header = (f"{'phase':<10} {'backend':<16} {'prec':<5} {'steps/s':>10} {'TFLOP/s':>9} "
               f"{'p50 ms':>9} {'p99 ms':>9} {'vs CPU':>7} {'success':>8} {'mism':>5} {'peak MiB':>9}")
     lines = [header, "-" * len(header)]
@@ -152,6 +151,10 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run one rotation in worker processes and print its table (or JSON); exit 0."""
+    from daemon.commands import coreml_overhead
+    from workloads.rotation import run_rotation, summarize
+
     plan = plan_from_args(args)
     progress = Progress(plan)
     try:

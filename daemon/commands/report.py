@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from daemon.cli import UsageError
+from daemon.clitools import UsageError, parse_since
 from daemon.commands.run import add_config_arguments, load_or_exit
 from daemon.journal import Journal, JournalError
 
@@ -31,14 +32,14 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon.report import ReportError, parse_since, write_report
+    from daemon.report import ReportError, write_report
 
     if args.rotation is not None and args.rotation < 1:
         raise UsageError(f"--rotation must be a rotation id (1 or more), got {args.rotation}")
     since = None
     if args.since is not None:
         try:
-            since = parse_since(args.since)
+            since = parse_since(args.since, now=time.time())
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     if args.out.exists() and not args.out.is_dir():

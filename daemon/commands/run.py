@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from daemon.config import EX_CONFIG, ConfigError, load_config
-
-EX_RUNNING = 75  # EX_TEMPFAIL: another instance holds the pid lock; a later start may work
+from daemon.clitools import EX_CONFIG, EX_TEMPFAIL
+from daemon.config import ConfigError, load_config
+from workloads.phases import PROFILES
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("run", help="run the daemon in the foreground")
     add_config_arguments(parser)
-    parser.add_argument("--profile", help="workload profile (ci, light, reduced, heavy)")
+    parser.add_argument("--profile", help=f"workload profile ({', '.join(PROFILES)})")
     parser.add_argument("--listen", metavar="HOST:PORT", help="metrics address (default 127.0.0.1:10466)")
     parser.set_defaults(func=run)
 
@@ -42,7 +42,8 @@ def load_or_exit(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from daemon import log
-    from daemon.service import AlreadyRunning, Service
+    from daemon.pidlock import AlreadyRunning
+    from daemon.service import Service
 
     config = load_or_exit(args)
     log.configure(config.log_format, config.log_level)
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         return service.run()
     except AlreadyRunning as exc:
         print(f"soakd: refusing to start: {exc}", file=sys.stderr)
-        return EX_RUNNING
+        return EX_TEMPFAIL
     except OSError as exc:
         if exc.errno == 98 or "Address already in use" in str(exc):
             print(f"soakd: cannot listen on {config.listen}: address already in use "

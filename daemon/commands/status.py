@@ -9,8 +9,10 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from daemon.clitools import UsageError
 from daemon.commands.run import add_config_arguments, load_or_exit
 from daemon.journal import Journal, JournalError
+from daemon.pidlock import running_pid
 
 
 def register(subparsers: Any) -> None:
@@ -74,8 +76,6 @@ def _rotation_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from daemon.service import running_pid
-
     config, journal = _open(args)
     pid = running_pid(config.pid_path)
     document: dict[str, Any] = {"running": pid is not None, "pid": pid, "state_dir": str(config.state_dir),
@@ -117,8 +117,6 @@ def run_status(args: argparse.Namespace) -> int:
 
 def run_history(args: argparse.Namespace) -> int:
     if args.limit < 1:
-        from daemon.cli import UsageError
-
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
     config, journal = _open(args)
     if journal is None:

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from daemon.commands.run import add_config_arguments, load_or_exit
+from daemon.pidlock import running_pid
 
 
 def register(subparsers: Any) -> None:
@@ -19,8 +20,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon.service import running_pid
-
     config = load_or_exit(args)
     pid = running_pid(config.pid_path)
     if pid is None:
