@@ -14,7 +14,6 @@ import pytest
 from cli_helpers import run_main
 from daemon_process import REPO, Daemon, write_config
 
-from daemon.clitools import parse_since
 from daemon.journal import Journal
 from daemon.report import (
     INSTALL_HINT,
@@ -302,18 +301,6 @@ def test_the_pair_is_chosen_sensibly() -> None:
     mps_cpu, ane_cpu = Lane("mps", "cpu", "fp16"), Lane("coreml-ane", "cpu", "fp16")
     assert choose_pair([cpu, ane_cpu, mps_cpu]) == [mps_cpu, ane_cpu]
     assert choose_pair([cuda]) == [cuda]
-
-
-def test_parse_since() -> None:
-    assert parse_since("24h", now=100_000.0) == 100_000.0 - 86400
-    assert parse_since("7d", now=1e6) == 1e6 - 7 * 86400
-    assert parse_since("90 min", now=1e4) == 1e4 - 5400
-    assert parse_since("2026-01-02T03:04:05+00:00", now=2e9) == 1767323045.0
-    local = parse_since("2026-01-02", now=2e9)
-    assert time.localtime(local)[:6] == (2026, 1, 2, 0, 0, 0)
-    for bad in ("yesterday", "0h", "-3h", "2999-01-01", ""):
-        with pytest.raises(ValueError):
-            parse_since(bad, now=2e9)
 
 
 def test_write_report_on_the_synthetic_journal(journal_path: Path, tmp_path: Path) -> None:
