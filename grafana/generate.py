@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""Write soakd's Grafana dashboards (grafana/dashboards/*.json) from the definitions below.
+"""Write soakd's Grafana dashboards (grafana/dashboards/*.json) from grafana/soakd_dashboards/.
 
     python grafana/generate.py           # rewrite the JSON files
     python grafana/generate.py --check   # exit 1 if a committed file differs from the output
 
 The committed JSON must equal this script's output (tests/grafana/test_dashboards.py checks it).
-Only the standard library is used. Every metric and label in a query must exist in
-`daemon/metric_catalog.py` or be a recorded series from
-`grafana/prometheus/rules/soakd-recording.yml`; the tests check that too.
+Only the standard library and daemon/levels.py (the thermal level names) are used. Every
+metric and label in a query must exist in `daemon/metric_catalog.py` or be a recorded series
+from `grafana/prometheus/rules/soakd-recording.yml`; the tests check that too.
 
 Template variables ($instance, $phase, $backend, $precision) are always matched with `=~`,
 so "All" (a regex) and multi-value selections work; `$__rate_interval` and `$__range` are
@@ -41,12 +41,13 @@ DASHBOARDS = {
 
 
 def render_all() -> dict[str, str]:
-    """File name -> JSON text, exactly as committed."""
+    """File name -> JSON text, exactly as committed (2-space indent, UTF-8, final newline)."""
     return {name: json.dumps(build().render(), indent=2, ensure_ascii=False) + "\n"
             for name, build in DASHBOARDS.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write the dashboards (or with --check compare them); exit 1 when a file is out of date."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
                         help="do not write; exit 1 if a committed file differs")
