@@ -231,6 +231,7 @@ class _FdTextStream:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m daemon.supervisor`: parse the options above and `supervise`; returns its exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m daemon.supervisor",
         description="launchd supervisor for `soakd run` (see launchd/README.md)")

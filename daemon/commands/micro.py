@@ -46,6 +46,7 @@ class Progress:
         self.count = 0
 
     def __call__(self, result: MicroResult) -> None:
+        """Count one finished op x size and show it (a no-op off a terminal)."""
         if not self.enabled:
             return
         self.count += 1
@@ -54,6 +55,7 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
+        """Erase the progress line."""
         if self.enabled and self.count:
             self.stream.write("\r" + " " * 72 + "\r")
             self.stream.flush()

@@ -96,6 +96,8 @@ class Progress:
         self.started = time.monotonic()
 
     def __call__(self, context: SliceContext, event: Event) -> None:
+        """The rotation's event callback: measured seconds so far over the plan's total seconds
+        (phase seconds, plus the CPU baseline's, per phase and precision)."""
         if not self.enabled:
             return
         if event.get("type") == "steps":
@@ -109,6 +111,7 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
+        """Erase the progress line."""
         if self.enabled:
             self.stream.write("\r" + " " * 80 + "\r")
             self.stream.flush()

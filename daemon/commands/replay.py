@@ -21,6 +21,7 @@ from daemon.sources.replay import FORMATS, load_samples
 
 
 def register(subparsers: Any) -> None:
+    """Add `soakd replay-powermetrics` to the CLI's sub-parsers."""
     parser = subparsers.add_parser(
         "replay-powermetrics",
         help="print a captured powermetrics log (plist or text) as JSON lines",
@@ -33,6 +34,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the file's samples as JSON lines; exit codes in the module docstring."""
     try:
         samples = load_samples(args.file, args.fmt)
     except OSError as exc:

@@ -19,6 +19,7 @@ from daemon.journal import Journal, JournalError
 
 
 def register(subparsers: Any) -> None:
+    """Add `soakd report` to the CLI's sub-parsers."""
     parser = subparsers.add_parser("report", help="PNG plots and an HTML page from the journal")
     add_config_arguments(parser)
     which = parser.add_mutually_exclusive_group()
@@ -32,6 +33,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Write the report and print one line naming what was written; exit codes in the module docstring."""
     from daemon.report import ReportError, write_report
 
     if args.rotation is not None and args.rotation < 1:

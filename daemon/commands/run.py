@@ -13,12 +13,14 @@ from workloads.phases import PROFILES
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config and --state-dir, which every command that reads the config or journal takes."""
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="TOML config file (default: the per-user/system location, if present)")
     parser.add_argument("--state-dir", metavar="DIR", help="journal and pid file directory")
 
 
 def register(subparsers: Any) -> None:
+    """Add `soakd run` to the CLI's sub-parsers."""
     parser = subparsers.add_parser("run", help="run the daemon in the foreground")
     add_config_arguments(parser)
     parser.add_argument("--profile", help=f"workload profile ({', '.join(PROFILES)})")
@@ -27,6 +29,7 @@ def register(subparsers: Any) -> None:
 
 
 def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The command-line layer of the config ("section.key": value; None = not given)."""
     return {"daemon.state_dir": args.state_dir, "schedule.profile": getattr(args, "profile", None),
             "daemon.listen": getattr(args, "listen", None)}
 
@@ -41,6 +44,9 @@ def load_or_exit(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM/SIGINT. Exit 0 after a clean stop, 75 (EX_TEMPFAIL) when
+    another soakd holds the state directory, 78 (EX_CONFIG) for a bad config or a listen
+    address in use."""
     from daemon import log
     from daemon.pidlock import AlreadyRunning
     from daemon.service import Service

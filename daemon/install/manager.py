@@ -24,6 +24,8 @@ from daemon.install.spec import UNIT_NAME, ServiceError, ServiceSpec
 
 @dataclass(frozen=True)
 class CommandResult:
+    """What a service-manager command did: its exit status and output."""
+
     returncode: int
     stdout: str = ""
     stderr: str = ""
@@ -84,6 +86,7 @@ def _describe(argv: Sequence[str], condition: str) -> str:
 
 
 def deactivation_commands(plan: Plan) -> list[list[str]]:
+    """What `uninstall` runs before removing the files: bootout, or disable --now."""
     spec = plan.spec
     if spec.manager == "launchd":
         return [["launchctl", "bootout", spec.launchd_target]]
@@ -110,6 +113,7 @@ class Reporter:
         self.stream = stream if stream is not None else sys.stdout
 
     def __call__(self, line: str) -> None:
+        """Say one line."""
         print(line, file=self.stream)
 
 

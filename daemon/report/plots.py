@@ -276,6 +276,8 @@ class Plotter:
                       label=label if index == 0 else None, **style)
 
     def power(self, path: Path) -> bool:
+        """power.png: watts per component from the telemetry rows (and their total where the
+        source has no `combined`), binned past BIN_SECONDS_OVER rows. False when no row has power."""
         rows = [r for r in self.selection.telemetry if r["power_watts"]]
         if not rows:
             return False

@@ -1,4 +1,4 @@
-"""The The fleet: many hosts at once, who is down, who loses throughput, heat and efficiency."""
+"""The fleet dashboard: many hosts at once, who is down, who loses throughput, heat and efficiency."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from soakd_dashboards.queries import (
 
 
 def fleet() -> Dashboard:
+    """soakd-fleet.json."""
     peak = f"({FLOP_PEAK_1H}{{{F_WORKLOAD}}} > 0)"
     heavy = ('soakd_thermal_pressure_seconds_total{instance=~"$instance", '
              'level=~"heavy|trapping|sleeping"}')

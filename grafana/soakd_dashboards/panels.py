@@ -25,12 +25,15 @@ from soakd_dashboards.queries import (
 
 @dataclass
 class Target:
+    """One PromQL query of a panel; `instant`/`table` for table panels."""
+
     expr: str
     legend: str = ""
     instant: bool = False
     table: bool = False
 
     def render(self, ref_id: str) -> JSON:
+        """The target's JSON with its refId ("A", "B", ...)."""
         out: JSON = {
             "datasource": DS,
             "editorMode": "code",
@@ -47,6 +50,8 @@ class Target:
 
 @dataclass
 class Panel:
+    """A Grafana panel before layout: `width`/`height` in grid units (24 to a row)."""
+
     kind: str
     title: str
     description: str
@@ -60,6 +65,7 @@ class Panel:
     transformations: list[JSON] = field(default_factory=list)
 
     def render(self, panel_id: int, grid: JSON) -> JSON:
+        """The panel's JSON at `grid` (gridPos) with its id."""
         defaults: JSON = {"unit": self.unit, **self.defaults}
         out: JSON = {
             "id": panel_id,
@@ -78,6 +84,7 @@ class Panel:
 
 
 def thresholds(*steps: tuple[float | None, str]) -> JSON:
+    """Absolute thresholds from (lower bound, colour) steps; the first bound is None (-inf)."""
     return {"mode": "absolute",
             "steps": [{"color": colour, "value": value} for value, colour in steps]}
 
@@ -93,6 +100,8 @@ REDUCE_LAST: JSON = {"calcs": ["lastNotNull"], "fields": "", "values": False}
 def timeseries(title: str, description: str, unit: str, *targets: Target, width: int = 12,
                height: int = 8, bars: bool = False, log: bool = False,
                steps: JSON | None = None, overrides: list[JSON] | None = None) -> Panel:
+    """A time series panel: lines (or `bars`), a table legend with mean/min/max/last, `steps`
+    drawn as dashed threshold lines, a log10 axis with `log`."""
     custom: JSON = {
         "drawStyle": "bars" if bars else "line",
         "lineWidth": 1,
@@ -114,6 +123,7 @@ def timeseries(title: str, description: str, unit: str, *targets: Target, width:
 
 def stat(title: str, description: str, unit: str, target: Target, width: int = 4,
          height: int = 4, steps: JSON | None = None, decimals: int | None = None) -> Panel:
+    """A single-value panel showing the last value, coloured by `steps`."""
     defaults: JSON = {"color": {"mode": "thresholds"}, "thresholds": steps or GREEN}
     if decimals is not None:
         defaults["decimals"] = decimals
@@ -126,6 +136,7 @@ def stat(title: str, description: str, unit: str, target: Target, width: int = 4
 def bargauge(title: str, description: str, unit: str, *targets: Target, width: int = 12,
              height: int = 8, steps: JSON | None = None,
              limits: tuple[float | None, float | None] = (0, None)) -> Panel:
+    """Horizontal bars of each series' last value between `limits` (min, max; None = auto)."""
     defaults: JSON = {"color": {"mode": "thresholds"} if steps else {"mode": "palette-classic"},
                       "thresholds": steps or GREEN}
     low, high = limits
@@ -142,6 +153,7 @@ def bargauge(title: str, description: str, unit: str, *targets: Target, width: i
 
 
 def value_mappings(names: dict[int, tuple[str, str]]) -> list[JSON]:
+    """Grafana value mappings from {value: (text, colour)}."""
     return [{"type": "value", "options": {
         str(value): {"text": text, "color": colour, "index": i}
         for i, (value, (text, colour)) in enumerate(sorted(names.items()))}}]
@@ -149,6 +161,7 @@ def value_mappings(names: dict[int, tuple[str, str]]) -> list[JSON]:
 
 def state_timeline(title: str, description: str, target: Target, mappings: list[JSON],
                    width: int = 24, height: int = 6) -> Panel:
+    """A state timeline of one query's values named by `mappings` (see value_mappings)."""
     defaults: JSON = {"color": {"mode": "thresholds"}, "thresholds": GREEN,
                       "custom": {"fillOpacity": 80, "lineWidth": 0}, "mappings": mappings}
     options: JSON = {"showValue": "never", "mergeValues": True, "alignValue": "left",
@@ -191,12 +204,16 @@ def table(title: str, description: str, unit: str, columns: list[tuple[str, str,
 
 @dataclass
 class Row:
+    """A full-width row heading; the panels after it flow below it."""
+
     title: str
     repeat: str | None = None
 
 
 @dataclass
 class Dashboard:
+    """A dashboard: its panels and rows laid out left to right, top to bottom, by `render`."""
+
     uid: str
     title: str
     description: str
@@ -205,6 +222,7 @@ class Dashboard:
     annotations: list[JSON] = field(default_factory=list)
 
     def render(self) -> JSON:
+        """The dashboard's JSON, as committed in grafana/dashboards/ (ids numbered in order)."""
         panels: list[JSON] = []
         x = y = line_height = 0
         for number, item in enumerate(self.items, start=1):
@@ -297,6 +315,7 @@ def query_variable(name: str, label: str, query: str) -> JSON:
 
 
 def variables() -> list[JSON]:
+    """The template variables every dashboard has: data source, instance, phase, backend, precision."""
     return [
         {"type": "datasource", "name": DATASOURCE_VAR, "label": "Data source",
          "query": "prometheus", "regex": "", "refresh": 1, "hide": 0, "multi": False,
@@ -315,6 +334,7 @@ def variables() -> list[JSON]:
 
 
 def phase_timeline(height: int = 6) -> Panel:
+    """A state timeline of which phase/backend/precision slice runs when."""
     return state_timeline(
         "Rotation phases",
         "Which phase/backend/precision slice runs when (soakd_phase_active is 1 during a "

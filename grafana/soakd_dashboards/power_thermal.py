@@ -1,4 +1,4 @@
-"""The Power and thermal: energy, power per component, thermal pressure, temperatures, memory."""
+"""The power and thermal dashboard: energy, power per component, thermal pressure, temperatures, memory."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from soakd_dashboards.queries import (
 
 
 def power_thermal() -> Dashboard:
+    """soakd-power-thermal.json."""
     level_names = {i: (name, colour)
                    for i, (name, colour) in enumerate(zip(THERMAL_LEVELS, THERMAL_COLOURS,
                                                           strict=True))}

@@ -1,4 +1,4 @@
-"""The Sustained stability: throughput, its ratio to the phase's start, latency, correctness."""
+"""The sustained-stability dashboard: throughput, its ratio to the phase's start, latency, correctness."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from soakd_dashboards.queries import (
 
 
 def stability() -> Dashboard:
+    """soakd-stability.json."""
     sustained_steps = thresholds((None, "red"), (0.8, "orange"), (0.9, "green"))
     overview: list[Panel | Row] = [
         Row("Overview"),
