@@ -5,7 +5,9 @@ launchd itself cannot run here (Linux): see launchd/README.md."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
+import plistlib
 import re
 import shutil
 import signal
@@ -338,3 +340,16 @@ def test_systemd_exec_start_quotes_odd_paths(user_env: Path, tmp_path: Path) -> 
         systemd_plan(False, state_dir=tmp_path / "new\nline")
 
 
+
+
+def test_the_examples_in_launchd_are_what_the_code_renders() -> None:
+    script = Path(__file__).resolve().parents[3] / "launchd" / "render_examples.py"
+    loaded = importlib.util.spec_from_file_location("soakd_launchd_examples", script)
+    assert loaded is not None and loaded.loader is not None
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    rendered = module.render_all()
+    assert len(rendered) == 7 and "macos-agent/com.soakd.agent.plist" in rendered
+    assert module.main(["--check"]) == 0, "stale: run python launchd/render_examples.py"
+    plist = plistlib.loads((script.parent / "examples/macos-daemon/com.soakd.daemon.plist").read_bytes())
+    assert plist["Label"] == "com.soakd.daemon"
