@@ -306,13 +306,8 @@ class Plotter:
         axes.set_ylabel("power (W)")
         axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, title="component",
                     title_fontsize=9)
-        self._time_axis(axes, *self._telemetry_span(rows))
-        title = "Power per component (journal telemetry rows, from energy-counter deltas)"
-        if bin_seconds:
-            self.bins["power.png"] = bin_seconds
-            title += f", mean per {duration(bin_seconds)}"
-        figure.suptitle(title)
-        figure.savefig(path)
+        self._save_telemetry(figure, axes, path, rows, bin_seconds,
+                             "Power per component (journal telemetry rows, from energy-counter deltas)", "mean")
         return True
 
     def thermal(self, path: Path) -> tuple[bool, list[str]]:
@@ -333,14 +328,19 @@ class Plotter:
             tick.set_color(colour)
         axes.set_ylim(-0.5, len(LEVELS) - 0.2)
         axes.set_ylabel("thermal pressure level")
-        self._time_axis(axes, *self._telemetry_span(known))
-        title = "Thermal pressure over time (journal telemetry rows)"
+        self._save_telemetry(figure, axes, path, known, bin_seconds,
+                             "Thermal pressure over time (journal telemetry rows)", "highest level")
+        return True, unknown
+
+    def _save_telemetry(self, figure: Figure, axes: Axes, path: Path, rows: Sequence[dict[str, Any]],
+                        bin_seconds: int | None, title: str, reduced: str) -> None:
+        """Time axis over the rows (and the phase bands), title saying how bins were reduced, save."""
+        self._time_axis(axes, *self._telemetry_span(rows))
         if bin_seconds:
-            self.bins["thermal.png"] = bin_seconds
-            title += f", highest level per {duration(bin_seconds)}"
+            self.bins[path.name] = bin_seconds
+            title += f", {reduced} per {duration(bin_seconds)}"
         figure.suptitle(title)
         figure.savefig(path)
-        return True, unknown
 
     def energy(self, path: Path, stats: dict[Key, LaneStats], workloads: Sequence[Workload]) -> bool:
         """energy.png: joules per step and FLOP per joule, bars per workload and lane. False
