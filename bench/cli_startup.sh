@@ -10,12 +10,12 @@ trap 'rm -rf "$state"' EXIT
 import sys, time
 from pathlib import Path
 from daemon.journal import Journal
+from daemon.records import SliceRow
 journal = Journal(Path(sys.argv[1]) / "journal.sqlite3")
 start = time.time() - 100
 rotation = journal.start_rotation("ci", "schedule", "cpu", started_at=start)
-journal.add_slice(rotation, {"phase": "matmul", "requested_backend": "cpu", "backend": "cpu",
-                             "precision": "fp32", "started_at": start, "ended_at": start + 2, "steps": 5,
-                             "seconds": 1.0, "flop": 1e9, "energy_joules": {}, "thermal_seconds": {}})
+journal.add_slice(rotation, SliceRow(phase="matmul", requested_backend="cpu", backend="cpu", precision="fp32",
+                                     started_at=start, ended_at=start + 2, steps=5, seconds=1.0, flop=1e9))
 journal.end_rotation(rotation, "completed", ended_at=start + 3)
 journal.close()
 PY

@@ -29,7 +29,8 @@ import torch
 from workloads.backends import get_backend
 from workloads.backends.torch_backend import TORCH_DTYPES, TorchBackend
 from workloads.host import host_info
-from workloads.micro import build_cases, measure_case, warm_up_device
+from workloads.micro.cases import build_cases
+from workloads.micro.measure import measure_case, warm_up_device
 
 Op = Callable[[], object]
 

@@ -69,6 +69,25 @@ def comma_list(value: str | Iterable[str], what: str, allowed: Sequence[str] | N
     return items
 
 
+def device_indices(value: str | Sequence[str | int]) -> tuple[str, ...] | None:
+    """Device indices within a backend ("0,1", [0, 1]) as canonical strings ("0", "1"), repeats
+    dropped; None for "all" (every visible device). Raises ValueError for anything else."""
+    if isinstance(value, str) and value.strip() == "all":
+        return None
+    parts = value.split(",") if isinstance(value, str) else value
+    items = [item for item in parts if not (isinstance(item, str) and not item.strip())] \
+        if isinstance(parts, list | tuple) else []
+    if not items:
+        raise ValueError('expected "all" or device indices like 0,1')
+    out: list[str] = []
+    for item in items:
+        text = str(item).strip()
+        if isinstance(item, bool) or not text.isdigit():
+            raise ValueError(f"{item!r} is not a device index (0, 1, ...)")
+        out.append(str(int(text)))
+    return tuple(dict.fromkeys(out))
+
+
 def parse_duration(text: str) -> float:
     """A relative time ("30s", "90 min", "24h", "7d", "2w") in seconds, > 0.
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from daemon.clitools import comma_list
+from daemon.clitools import comma_list, device_indices
 from daemon.paths import default_config_path, default_state_dir
-from workloads.micro_profiles import MICRO_PROFILES
+from workloads.micro import MICRO_PROFILES
 from workloads.phases import MODES
 
 if sys.version_info >= (3, 11):
@@ -56,7 +56,12 @@ class Config:
     phases: tuple[str, ...] = ("matmul", "conv", "attention")
     precisions: tuple[str, ...] = ("auto",)  # fp16 when a Core ML backend is compared
     mode: str = "alternate"
-    cpu_baseline: bool = True
+    cpu_baseline: str = "cached"  # cached | before | off (workloads/baseline.py)
+    worker_max_age_seconds: float = 0.0  # replace a worker this old (0: never)
+    worker_max_memory_growth: float = 2.0  # replace a worker whose memory grew past this x (0: never)
+    prepare_ahead: bool = True
+    attention_variants: dict[str, str] = field(default_factory=dict)  # backend -> standard | ane
+    devices: tuple[str, ...] | None = None  # device indices of a multi-device backend; None: all
     seed: int = 0
     sampler_interval_seconds: float = 1.0
     sources: dict[str, Any] = field(default_factory=dict)
@@ -191,6 +196,39 @@ def _backends(key: str, value: Any) -> str:
     return ",".join(_list(key, value, "backend", (*BACKEND_NAMES, "auto")))
 
 
+def _variants(key: str, value: Any) -> dict[str, str]:
+    """A table backend = variant, e.g. {mps = "ane"}: which attention layout each backend runs
+    (unlisted backends: their default, `ane` on coreml-ane, else `standard`)."""
+    from workloads.backends import BACKEND_NAMES
+    from workloads.phases import ATTENTION_VARIANTS
+
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, value, "expected a table of backend = variant")
+    for backend, variant in value.items():
+        if backend not in BACKEND_NAMES:
+            raise ConfigError(f"{key}.{backend}", variant, f"unknown backend (choose from {', '.join(BACKEND_NAMES)})")
+        if variant not in ATTENTION_VARIANTS:
+            raise ConfigError(f"{key}.{backend}", variant, f"expected one of {', '.join(ATTENTION_VARIANTS)}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _devices(key: str, value: Any) -> tuple[str, ...] | None:
+    """`all` (every visible device) or device indices: a list [0, 1] or a comma list "0,1"."""
+    try:
+        return device_indices(value)
+    except ValueError as exc:
+        raise ConfigError(key, value, str(exc)) from None
+
+
+def _baseline_policy(key: str, value: Any) -> str:
+    """`cached`, `before` or `off` (true/false kept for old configs: cached / off)."""
+    from workloads.baseline import POLICIES
+
+    if isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false")):
+        return "cached" if _bool(key, value) else "off"
+    return str(_choice(POLICIES)(key, value))
+
+
 # (section, key) -> (Config field, parser). Sections are the TOML tables.
 SETTINGS: dict[tuple[str, str], tuple[str, Any]] = {
     ("daemon", "listen"): ("listen", _listen),
@@ -208,7 +246,12 @@ SETTINGS: dict[tuple[str, str], tuple[str, Any]] = {
     ("workload", "phases"): ("phases", _phases),
     ("workload", "precisions"): ("precisions", _precisions),
     ("workload", "mode"): ("mode", _choice(MODES)),
-    ("workload", "cpu_baseline"): ("cpu_baseline", _bool),
+    ("workload", "cpu_baseline"): ("cpu_baseline", _baseline_policy),
+    ("workload", "worker_max_age_seconds"): ("worker_max_age_seconds", _non_negative),
+    ("workload", "worker_max_memory_growth"): ("worker_max_memory_growth", _non_negative),
+    ("workload", "prepare_ahead"): ("prepare_ahead", _bool),
+    ("workload", "attention_variants"): ("attention_variants", _variants),
+    ("workload", "devices"): ("devices", _devices),
     ("workload", "seed"): ("seed", _int),
     ("sampler", "interval_seconds"): ("sampler_interval_seconds", _positive),
     ("micro", "profile"): ("micro_profile", _choice(tuple(MICRO_PROFILES))),

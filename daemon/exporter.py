@@ -24,12 +24,22 @@ from prometheus_client.registry import Collector
 
 from daemon.levels import LEVELS, level_ordinal
 from daemon.metric_catalog import BY_NAME, MetricDef
-from daemon.stability import StabilityTracker, system_energy
+from daemon.stability import StabilityTracker
+from workloads.micro.results import MicroResult
+from workloads.placement import ane_share
+from workloads.protocol import Check, Failure, Prepared, RunConfig, Steps, Warmup
+from workloads.rotation import (
+    FallbackTaken,
+    RotationEvent,
+    SliceContext,
+    SliceEnded,
+    SliceStarted,
+)
 
 STEP_BUCKETS = (2e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1,
                 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 100.0)
 ROTATION_BUCKETS = (1, 5, 15, 30, 60, 300, 600, 1200, 1800, 3600, 5400, 7200, 14400)
-Key = tuple[str, str, str]
+Key = tuple[str, str, str, str]  # phase, backend, precision, device
 
 
 def _base(metric: MetricDef) -> str:
@@ -45,7 +55,13 @@ def _instrument(registry: CollectorRegistry, name: str, **kwargs: Any) -> Any:
 
 
 class WorkloadMetrics:
-    """Live workload instruments; `handle()` is the rotation's event callback."""
+    """Live workload instruments; `handle()` takes the rotation's typed events.
+
+    Every figure about a slice comes from that slice's own context (its spec, hence its FLOP
+    per step), never from the live configuration, so a reload mid-rotation changes nothing
+    already running. Stability trackers are kept per series and run configuration: slices
+    that ran differently are never pooled.
+    """
 
     def __init__(self, registry: CollectorRegistry, now: Callable[[], float] = time.time) -> None:
         self._now = now
@@ -67,6 +83,10 @@ class WorkloadMetrics:
         self.flop_per_joule = i("soakd_flop_per_joule")
         self.prepare = i("soakd_prepare_seconds")
         self.warmup = i("soakd_warmup_seconds")
+        self.load_gap = i("soakd_load_gap_seconds_total")
+        self.phase_seconds = i("soakd_phase_seconds_total")
+        self.run_info = i("soakd_run_info")
+        self.ane_ratio = i("soakd_compute_plan_ane_ratio")
         self.rotations = i("soakd_rotations_total")
         self.rotation_duration = i("soakd_rotation_duration_seconds", buckets=ROTATION_BUCKETS)
         self.rotation_active = i("soakd_rotation_active")
@@ -76,9 +96,10 @@ class WorkloadMetrics:
         self.micro_flops = i("soakd_micro_flop_per_second")
         self.micro_bytes = i("soakd_micro_bytes_per_second")
         self.trackers: dict[Key, StabilityTracker] = {}
+        self.runs: dict[Key, RunConfig] = {}
         self.active_keys: set[Key] = set()
         self.worker_memory: dict[str, int] = {}
-        for result in ("completed", "stopped", "failed", "skipped"):
+        for result in ("completed", "stopped", "failed", "skipped", "interrupted"):
             self.rotations.labels(result=result)  # exported as 0 from the start
 
     # --- phases -------------------------------------------------------------------------------
@@ -89,6 +110,7 @@ class WorkloadMetrics:
             self.trackers.clear()
 
     def tracker(self, key: Key) -> StabilityTracker:
+        """The series' stability tracker in this phase (made on first use)."""
         if key not in self.trackers:
             self.trackers[key] = StabilityTracker(phase_started_wall=self._now())
         return self.trackers[key]
@@ -99,59 +121,76 @@ class WorkloadMetrics:
             for key in self.active_keys:
                 self.tracker(key).note_throttle(self._now())
 
-    def add_slice_energy(self, key: Key, components: dict[str, float]) -> None:
+    def add_slice_energy(self, key: Key, joules: float | None) -> None:
+        """Whole-system joules used during a slice's measured time, for FLOP per joule."""
         with self._lock:
             tracker = self.tracker(key)
-            tracker.add_energy(system_energy(components))
+            tracker.add_energy(joules)
             value = tracker.flop_per_joule()
             if value is not None:
                 self.flop_per_joule.labels(*key).set(value)
 
     # --- events -------------------------------------------------------------------------------
 
-    def handle(self, key: Key, event: dict[str, Any], flop_per_step: int) -> None:
-        kind = event.get("type")
-        labels = key
+    def handle(self, context: SliceContext, event: RotationEvent) -> None:
+        """Turn one rotation event of the slice in `context` into metric updates."""
+        key = series_key(context)
         with self._lock:
-            if kind == "slice_start":
-                self.active.labels(*labels).set(1)
+            if isinstance(event, SliceStarted):
+                self.active.labels(*key).set(1)
                 self.active_keys.add(key)
                 self.tracker(key)
-            elif kind == "slice_end":
-                self.active.labels(*labels).set(0)
+            elif isinstance(event, SliceEnded):
+                self.active.labels(*key).set(0)
                 self.active_keys.discard(key)
-            elif kind == "prepared":
-                self.prepare.labels(*labels).set(float(event.get("prepare_seconds", 0.0)))
-            elif kind == "warmup":
-                self.warmup.labels(*labels).set(float(event["seconds"]))
-            elif kind == "steps":
-                self._steps(key, event, flop_per_step)
-            elif kind == "check":
-                self.checks.labels(*labels).inc()
-                error = float(event["relative_error"])
-                self.relative_error.labels(*labels).set(error if error < float("inf") else 1e308)
-                if not event["ok"]:
-                    self.mismatches.labels(*labels).inc()
-                else:
-                    self.mismatches.labels(*labels)  # present as 0
-            elif kind == "failure":
-                self.failures.labels(*labels, str(event["reason"])).inc()
-            elif kind == "fallback":
-                self.fallbacks.labels(phase=key[0], backend=str(event["from"]),
-                                      to_backend=str(event["to"]) or "none",
-                                      reason=str(event["reason"])).inc()
+                turn = event.result.turn_ended - event.result.turn_started
+                if turn == turn:  # not NaN: the turn was timed
+                    self.load_gap.labels(*key).inc(event.result.gap_seconds)
+                    self.phase_seconds.labels(*key).inc(max(0.0, turn))
+            elif isinstance(event, Prepared):
+                self.prepare.labels(*key).set(event.prepare_seconds)
+                self._set_run(key, event.run)
+                share = ane_share(event.info)
+                if share is not None:
+                    self.ane_ratio.labels(*key, event.run.variant).set(share)
+            elif isinstance(event, Warmup):
+                self.warmup.labels(*key).set(event.seconds)
+                if event.run is not None:
+                    self._set_run(key, event.run)
+            elif isinstance(event, Steps):
+                self._steps(key, event, context.flop_per_step)
+            elif isinstance(event, Check):
+                self.checks.labels(*key).inc()
+                error = event.relative_error
+                self.relative_error.labels(*key).set(error if error < float("inf") else 1e308)
+                self.mismatches.labels(*key).inc(0 if event.ok else 1)
+            elif isinstance(event, Failure):
+                self.failures.labels(*key, event.reason).inc()
+            elif isinstance(event, FallbackTaken):
+                self.fallbacks.labels(phase=context.phase, backend=event.from_backend,
+                                      to_backend=event.to_backend or "none", reason=event.reason).inc()
 
-    def _steps(self, key: Key, event: dict[str, Any], flop_per_step: int) -> None:
-        durations = event["durations"]
-        count = len(durations)
+    def _set_run(self, key: Key, run: RunConfig) -> None:
+        old = self.runs.get(key)
+        if old == run:
+            return
+        if old is not None:
+            with contextlib.suppress(KeyError):
+                self.run_info.remove(*key, *_run_labels(old))
+            self.trackers.pop(key, None)  # a new run configuration: stability starts over
+        self.runs[key] = run
+        self.run_info.labels(*key, *_run_labels(run)).set(1)
+
+    def _steps(self, key: Key, event: Steps, flop_per_step: int) -> None:
+        count = event.steps
         self.steps.labels(*key).inc(count)
         self.flop.labels(*key).inc(count * flop_per_step)
         histogram = self.step_duration.labels(*key)
-        for duration in durations:
+        for duration in event.durations:
             histogram.observe(duration)
         self.mismatches.labels(*key)
         tracker = self.tracker(key)
-        tracker.add(float(event["seconds"]), float(count * flop_per_step))
+        tracker.add(event.seconds, float(count * flop_per_step))
         for gauge, value in ((self.throughput, tracker.throughput()),
                              (self.sustained, tracker.sustained_ratio()),
                              (self.variation, tracker.variation())):
@@ -163,10 +202,9 @@ class WorkloadMetrics:
         if throttled:
             with contextlib.suppress(KeyError):
                 self.first_throttle.remove(*key, "false")
-        memory = event.get("memory") or {}
-        self.worker_memory = {("worker_rss" if k == "rss" else k): int(v) for k, v in memory.items()
-                              if k in ("rss", "device_allocated", "device_reserved",
-                                       "device_peak_allocated", "device_driver_allocated")}
+        memory = event.memory
+        self.worker_memory = {"worker_rss": memory.rss, "worker_peak_rss": memory.peak_rss,
+                              **memory.device_gauges()}
 
     # --- rotations and micro-benchmarks -------------------------------------------------------
 
@@ -176,10 +214,12 @@ class WorkloadMetrics:
         self.rotation_active.set(1)
         with self._lock:
             for key in keys:
-                for metric in (self.steps, self.flop, self.step_duration, self.checks, self.mismatches):
+                for metric in (self.steps, self.flop, self.step_duration, self.checks, self.mismatches,
+                               self.load_gap, self.phase_seconds):
                     metric.labels(*key)
 
     def rotation_finished(self, result: str, seconds: float) -> None:
+        """A rotation ended with `result` after `seconds` of wall time."""
         self.rotation_active.set(0)
         self.rotations.labels(result=result).inc()
         if result != "skipped":
@@ -190,17 +230,26 @@ class WorkloadMetrics:
                 self.active.labels(*key).set(0)
             self.active_keys.clear()
 
-    def micro_results(self, rows: list[dict[str, Any]]) -> None:
+    def micro_results(self, results: list[MicroResult]) -> None:
+        """One micro-benchmark suite run's results."""
         self.micro_runs.inc()
-        for row in rows:
-            labels = (str(row["backend"]), str(row["category"]), str(row["op"]), str(row["size"]))
-            median = row.get("median_seconds")
-            if median is not None:
-                self.micro_seconds.labels(*labels).set(float(median))
-            if row.get("gflops") is not None:
-                self.micro_flops.labels(*labels).set(float(row["gflops"]) * 1e9)
-            if row.get("gb_per_s") is not None:
-                self.micro_bytes.labels(*labels).set(float(row["gb_per_s"]) * 1e9)
+        for row in results:
+            labels = (row.backend, row.category, row.op, row.size)
+            self.micro_seconds.labels(*labels).set(row.median_s)
+            if row.gflops is not None:
+                self.micro_flops.labels(*labels).set(row.gflops * 1e9)
+            if row.gb_per_s is not None:
+                self.micro_bytes.labels(*labels).set(row.gb_per_s * 1e9)
+
+
+def series_key(context: SliceContext) -> Key:
+    """The workload series a slice belongs to: (phase, backend, precision, device)."""
+    return (context.phase, context.backend, context.precision, context.device)
+
+
+def _run_labels(run: RunConfig) -> tuple[str, ...]:
+    return (run.key, run.shapes, run.technique, run.memory_format, run.variant,
+            "true" if run.tf32 else "false")
 
 
 def _family(name: str) -> Any:

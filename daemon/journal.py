@@ -7,6 +7,7 @@ The schema is versioned (table `meta`); `migrate()` brings an older file up to d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -16,9 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from daemon.records import SliceRow, json_columns, sql_columns
 
-SCHEMA_V1 = """
+SCHEMA_VERSION = 2
+
+# Version 2: slices carry their device index, run configuration and load gaps; the slices
+# table is derived from daemon.records.SliceRow.
+SCHEMA_TEMPLATE = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rotations (
     id INTEGER PRIMARY KEY,
@@ -30,37 +35,7 @@ CREATE TABLE IF NOT EXISTS rotations (
     result TEXT,                -- completed | stopped | failed | skipped; NULL while running
     detail TEXT
 );
-CREATE TABLE IF NOT EXISTS slices (
-    id INTEGER PRIMARY KEY,
-    rotation_id INTEGER NOT NULL REFERENCES rotations(id),
-    phase TEXT NOT NULL,
-    requested_backend TEXT NOT NULL,
-    backend TEXT NOT NULL,
-    precision TEXT NOT NULL,
-    baseline INTEGER NOT NULL DEFAULT 0,
-    device TEXT,
-    started_at REAL NOT NULL,
-    ended_at REAL NOT NULL,
-    steps INTEGER NOT NULL,
-    seconds REAL NOT NULL,
-    flop REAL NOT NULL,
-    latency_p50 REAL,
-    latency_p99 REAL,
-    energy_joules TEXT NOT NULL,     -- JSON {component: J} over the slice
-    thermal_seconds TEXT NOT NULL,   -- JSON {level: s} over the slice
-    peak_rss_bytes INTEGER,
-    avg_rss_bytes INTEGER,
-    peak_device_bytes INTEGER,
-    checks INTEGER NOT NULL DEFAULT 0,
-    mismatches INTEGER NOT NULL DEFAULT 0,
-    max_relative_error REAL,
-    failure_reason TEXT,
-    failure_detail TEXT,
-    fallback TEXT,                   -- JSON {from, to, reason, detail} when this slice ran after one
-    prepare_seconds REAL,
-    warmup_seconds REAL,
-    info TEXT
-);
+{slices}
 CREATE INDEX IF NOT EXISTS slices_rotation ON slices(rotation_id);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -88,6 +63,17 @@ CREATE TABLE IF NOT EXISTS micro_runs (
 );
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
 """
+
+
+def slices_table() -> str:
+    """The slices table's DDL, from SliceRow's fields."""
+    columns = ",\n    ".join(f"{name} {sql}" for name, sql in sql_columns(SliceRow))
+    return ("CREATE TABLE IF NOT EXISTS slices (\n    id INTEGER PRIMARY KEY,\n"
+            "    rotation_id INTEGER NOT NULL REFERENCES rotations(id),\n    " + columns + "\n);")
+
+
+SCHEMA = SCHEMA_TEMPLATE.replace("{slices}", slices_table())
+SLICE_JSON = json_columns(SliceRow)
 
 
 class JournalError(Exception):
@@ -130,12 +116,16 @@ class Journal:
 
     def migrate(self) -> None:
         with self._tx() as db:
-            db.executescript(SCHEMA_V1)
-            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            row = None
+            with contextlib.suppress(sqlite3.OperationalError):  # a new file has no meta table yet
+                row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             version = int(row[0]) if row else 0
             if version > SCHEMA_VERSION:
                 raise JournalError(f"{self.path} has schema version {version}; this soakd reads "
                                    f"up to {SCHEMA_VERSION}: upgrade soakd")
+            db.executescript(SCHEMA)
+            if version == 1:
+                _migrate_v1_slices(db)
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                        (str(SCHEMA_VERSION),))
 
@@ -166,23 +156,14 @@ class Journal:
                 "WHERE result IS NULL")
             return cursor.rowcount
 
-    def add_slice(self, rotation_id: int, row: Mapping[str, Any]) -> int:
-        columns = ("phase", "requested_backend", "backend", "precision", "baseline", "device",
-                   "started_at", "ended_at", "steps", "seconds", "flop", "latency_p50", "latency_p99",
-                   "energy_joules", "thermal_seconds", "peak_rss_bytes", "avg_rss_bytes",
-                   "peak_device_bytes", "checks", "mismatches", "max_relative_error",
-                   "failure_reason", "failure_detail", "fallback", "prepare_seconds",
-                   "warmup_seconds", "info")
-        json_columns = {"energy_joules", "thermal_seconds", "fallback", "info"}
-        defaults = {"baseline": 0, "checks": 0, "mismatches": 0}
+    def add_slice(self, rotation_id: int, row: SliceRow) -> int:
+        """Journal one finished slice (one transaction); its row id."""
+        columns = [name for name, _ in sql_columns(SliceRow)]
         values = []
         for column in columns:
-            value = row.get(column)
-            if value is None:
-                value = defaults.get(column)
-            if column in json_columns:
-                value = _json(value if value is not None else ({} if column != "fallback" else None))
-                value = None if value == "null" else value
+            value = getattr(row, column)
+            if column in SLICE_JSON:
+                value = None if value is None else _json(value)
             values.append(value)
         with self._tx() as db:
             cursor = db.execute(
@@ -249,7 +230,7 @@ class Journal:
 
     def slices(self, rotation_id: int | None = None, since: float | None = None) -> list[dict[str, Any]]:
         return self._select("slices", [("rotation_id = ?", rotation_id), ("started_at >= ?", since)], "id",
-                            json_columns=("energy_joules", "thermal_seconds", "fallback", "info"))
+                            json_columns=SLICE_JSON)
 
     def events(self, since: float | None = None, kind: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         return self._select("events", [("time >= ?", since), ("kind = ?", kind)], "id DESC", limit)
@@ -260,3 +241,13 @@ class Journal:
 
     def micro_runs(self, limit: int = 5) -> list[dict[str, Any]]:
         return self._select("micro_runs", [], "id DESC", limit, json_columns=("summary", "results"))
+
+
+def _migrate_v1_slices(db: sqlite3.Connection) -> None:
+    """Version 1 -> 2: add the new slice columns; `device` held the device's name, now
+    `device_name`, and every version-1 slice ran on device "0"."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(slices)")}
+    for name, sql in sql_columns(SliceRow):
+        if name not in present:
+            db.execute(f"ALTER TABLE slices ADD COLUMN {name} {sql.replace(' NOT NULL', '')}")
+    db.execute("UPDATE slices SET device_name = device, device = '0' WHERE device_name IS NULL")

@@ -10,7 +10,10 @@ from dataclasses import dataclass
 
 from daemon.levels import LEVELS
 
-WORKLOAD = ("phase", "backend", "precision")
+# A workload series: one phase on one backend (where it really ran), precision and device
+# (the device's index within its backend: "0" on a one-GPU host, "0" for the CPU).
+WORKLOAD = ("phase", "backend", "precision", "device")
+RUN_CONFIG = ("run_key", "shapes", "technique", "memory_format", "variant", "tf32")
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,10 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("soakd_flop_total", "counter", WORKLOAD,
               "Floating-point operations done, from the phase's analytic FLOP count per step."),
     MetricDef("soakd_step_duration_seconds", "histogram", WORKLOAD,
-              "Per-step latency, device-synchronised at step boundaries."),
+              "Per-step latency, each observation one step timed on its own (device events or a "
+              "synchronised clock at its boundaries). Steps under 1 ms on CUDA run in timed groups "
+              "for throughput; their latencies are a 1-in-16 sample of groups timed step by step, "
+              "so _count can be below soakd_steps_total."),
     MetricDef("soakd_step_failures_total", "counter", (*WORKLOAD, "reason"),
               "Failed slices or steps, by reason."),
     MetricDef("soakd_fallbacks_total", "counter", ("phase", "backend", "to_backend", "reason"),
@@ -54,7 +60,23 @@ METRICS: tuple[MetricDef, ...] = (
               "FLOP per joule of whole-system energy over the phase so far (energy from cumulative "
               "counters; absent without an energy source)."),
     MetricDef("soakd_prepare_seconds", "gauge", WORKLOAD,
-              "Last slice's preparation time (model build, reference, Core ML load), not in throughput."),
+              "Last worker's preparation time (model build, reference, Core ML load), not in throughput."),
+    MetricDef("soakd_load_gap_seconds_total", "counter", WORKLOAD,
+              "Seconds of this series' slice turns with no measured step running: hand-over at "
+              "slice boundaries, warm-up and preparation inside the phase, reference checks. "
+              "Preparation done ahead (before the first phase, or during the previous phase) is "
+              "not counted."),
+    MetricDef("soakd_phase_seconds_total", "counter", WORKLOAD,
+              "Wall seconds of this series' slice turns within phases (measured time plus load gap); "
+              "1 - rate(load_gap)/rate(phase_seconds) is the duty cycle."),
+    MetricDef("soakd_compute_plan_ane_ratio", "gauge", (*WORKLOAD, "variant"),
+              "Core ML's estimated share (0-1) of the model's cost placed on the Neural Engine, from "
+              "MLComputePlan (macOS 14.4+): an estimate before running, not a measurement; absent "
+              "where no compute plan is available."),
+    MetricDef("soakd_run_info", "gauge", (*WORKLOAD, *RUN_CONFIG),
+              "How the series' slices run now (1): shapes, technique (eager, cuda_graph, coreml), "
+              "memory format, model variant, TF32, and run_key, a digest of all of them. Figures "
+              "of different run_keys are never pooled by soakd."),
     MetricDef("soakd_warmup_seconds", "gauge", WORKLOAD,
               "Last slice's warm-up time, excluded from throughput."),
     # Telemetry, read from the sampler's snapshot at scrape time.

@@ -29,14 +29,11 @@ from daemon.exporter import SnapshotCollector, WorkloadMetrics
 from daemon.journal import Journal
 from daemon.log import get_logger
 from daemon.pidlock import PidLock
-from daemon.sampler import Sampler, Snapshot, default_sources
-from daemon.stability import system_energy
-from workloads.backends import parse_backends, parse_precisions
+from daemon.recorder import Recorder, plan_from_config
+from daemon.sampler import Sampler, default_sources
+from workloads.backends import parse_backends
 from workloads.host import host_info
-from workloads.phases import get_profile
-from workloads.rotation import RotationPlan, RotationRunner, SliceContext
-from workloads.runner import SliceResult
-from workloads.timing import latency_summary
+from workloads.rotation import RotationRunner
 
 STOP_TIMEOUT_S = 8.0  # the executor gets this long after SIGTERM; exit stays under 10 s
 TELEMETRY_EVERY_S = 10.0  # journal a telemetry row this often during rotations
@@ -107,12 +104,6 @@ class Executor:
                     self._busy = None
 
 
-@dataclass
-class _SliceWindow:
-    started_wall: float
-    snapshot: Snapshot
-
-
 class Service:
     def __init__(self, config: Config, config_path: Path | None, flags: dict[str, Any],
                  sampler_factory: Callable[[Config], Sampler] | None = None) -> None:
@@ -126,8 +117,6 @@ class Service:
         self._sampler_factory = sampler_factory or (
             lambda c: Sampler(default_sources(c.sources), interval_s=c.sampler_interval_seconds))
         self._rotation_id: int | None = None
-        self._windows: dict[tuple[str, str, str, str], _SliceWindow] = {}
-        self._phase_key: tuple[str, str] | None = None
         self._last_throttles = 0
         self._last_level: str | None = None
         self._last_health: dict[str, bool] = {}
@@ -153,6 +142,7 @@ class Service:
         self.sampler.start()
         self.registry = CollectorRegistry()
         self.metrics = WorkloadMetrics(self.registry)
+        self.recorder = Recorder(self.journal, self.metrics, self.sampler, self.log)
         self.registry.register(SnapshotCollector(self.sampler.snapshot, self._info(),
                                                  lambda: dict(self.metrics.worker_memory)))
         server, _server_thread = start_http_server(config.listen_port, addr=config.listen_host,
@@ -281,17 +271,8 @@ class Service:
         else:
             self.run_rotation(request.trigger)
 
-    def _plan(self) -> RotationPlan:
-        config = self.config
-        backends = parse_backends(config.backends)
-        return RotationPlan(
-            profile=get_profile(config.profile, config.profile_overrides),
-            backends=backends, phases=list(config.phases),
-            precisions=parse_precisions(",".join(config.precisions), backends),
-            mode=config.mode,  # type: ignore[arg-type]
-            seed=config.seed, cpu_baseline=config.cpu_baseline)
-
     def run_rotation(self, trigger: str) -> None:
+        """Run one rotation now (on the executor thread), journaled and measured."""
         config = self.config
         if self.stop_event.is_set():
             return
@@ -302,18 +283,15 @@ class Service:
             self.metrics.rotation_finished("skipped", 0.0)
             self.log.warning("rotation_skipped", reason=skip)
             return
-        plan = self._plan()
+        plan = plan_from_config(config)
         started = time.monotonic()
         self._rotation_id = self.journal.start_rotation(plan.profile.name, trigger, ",".join(plan.backends))
-        baseline = ["cpu"] if plan.cpu_baseline and "cpu" not in plan.backends else []
-        self.metrics.rotation_started([(phase, backend, precision) for phase in plan.phases
-                                       for backend in plan.backends for precision in plan.precisions]
-                                      + [(phase, "cpu", "fp32") for phase in plan.phases for _ in baseline])
+        self.recorder.begin(self._rotation_id, plan)
         self.log.info("rotation_start", rotation=self._rotation_id, trigger=trigger,
                       profile=plan.profile.name, backends=plan.backends)
         result, detail = "completed", ""
         try:
-            RotationRunner(plan, self._on_event, self.stop_event).run()
+            RotationRunner(plan, self.recorder.on_event, self.stop_event).run()
             if self.stop_event.is_set():
                 result = "stopped"
         except Exception as exc:  # a broken rotation is recorded; the service goes on
@@ -325,109 +303,25 @@ class Service:
         self.metrics.rotation_finished(result, seconds)
         self.log.info("rotation_end", rotation=self._rotation_id, result=result,
                       seconds=round(seconds, 2))
+        self.recorder.end()
         self._rotation_id = None
-        self._phase_key = None
-
-    def _on_event(self, context: SliceContext, event: dict[str, Any]) -> None:
-        """Called for every worker event (on the executor thread); a bug here never ends a rotation."""
-        try:
-            self._record_event(context, event)
-        except Exception:
-            self.log.exception("event_handling_failed", event_type=event.get("type"))
-
-    def _record_event(self, context: SliceContext, event: dict[str, Any]) -> None:
-        key = (context.phase, context.backend, context.precision)
-        kind = event.get("type")
-        if (context.phase, context.precision) != self._phase_key and kind == "slice_start":
-            self._phase_key = (context.phase, context.precision)
-            self.metrics.begin_phase()
-        flop_per_step = self._plan_flop(context.phase)
-        self.metrics.handle(key, event, flop_per_step)
-        log = self.log.bind(phase=context.phase, backend=context.backend, precision=context.precision)
-        window_key = (*key, context.requested_backend)
-        if kind == "slice_start":
-            self._windows[window_key] = _SliceWindow(time.time(), self.sampler.snapshot())
-            self.journal.set_state("current", {"rotation": self._rotation_id, "phase": context.phase,
-                                               "backend": context.backend,
-                                               "requested_backend": context.requested_backend,
-                                               "precision": context.precision, "since": time.time()})
-            log.info("slice_start", requested_backend=context.requested_backend)
-        elif kind == "slice_end":
-            self._end_slice(context, window_key, event["slice"], log)
-        elif kind == "failure":
-            log.warning("slice_failure", reason=event["reason"], detail=event["detail"],
-                        stage=event.get("stage"))
-        elif kind == "fallback":
-            log.warning("fallback", to_backend=event["to"], reason=event["reason"], detail=event["detail"])
-            self.journal.add_event("fallback", {k: event[k] for k in ("from", "to", "reason", "detail")},
-                                   rotation_id=self._rotation_id)
-        elif kind == "check" and not event["ok"]:
-            log.warning("numeric_mismatch", relative_error=event["relative_error"],
-                        tolerance=event["tolerance"], step=event["step"])
-            self.journal.add_event("mismatch", {"phase": context.phase, "backend": context.backend,
-                                                "relative_error": event["relative_error"]},
-                                   rotation_id=self._rotation_id)
-
-    def _plan_flop(self, phase: str) -> int:
-        return get_profile(self.config.profile, self.config.profile_overrides).spec(phase).flop_per_step()
-
-    def _end_slice(self, context: SliceContext, window_key: tuple[str, str, str, str],
-                   piece: SliceResult, log: Any) -> None:
-        window = self._windows.pop(window_key, None)
-        end = self.sampler.snapshot()
-        energy = Sampler.energy_between(window.snapshot, end) if window else {}
-        thermal = ({level: end.thermal_seconds_total.get(level, 0.0) - seconds
-                    for level, seconds in window.snapshot.thermal_seconds_total.items()}
-                   if window else {})
-        thermal.update({level: seconds for level, seconds in end.thermal_seconds_total.items()
-                        if window and level not in window.snapshot.thermal_seconds_total})
-        key = (context.phase, context.backend, context.precision)
-        self.metrics.add_slice_energy(key, energy)
-        latency = latency_summary(piece.durations)
-        fallback = None
-        if context.requested_backend != context.backend:
-            fallback = {"from": context.requested_backend, "to": context.backend}
-        self.journal.add_slice(self._rotation_id or 0, {
-            "phase": context.phase, "requested_backend": context.requested_backend,
-            "backend": context.backend, "precision": piece.request.precision,
-            "baseline": int(context.baseline), "device": piece.device,
-            "started_at": window.started_wall if window else time.time(), "ended_at": time.time(),
-            "steps": piece.steps, "seconds": piece.seconds, "flop": float(piece.flop),
-            "latency_p50": _finite(latency["p50"]), "latency_p99": _finite(latency["p99"]),
-            "energy_joules": energy, "thermal_seconds": thermal,
-            "peak_rss_bytes": piece.memory.get("peak_rss"), "avg_rss_bytes": piece.memory.get("avg_rss"),
-            "peak_device_bytes": piece.memory.get("peak_device"), "checks": piece.checks,
-            "mismatches": piece.mismatches, "max_relative_error": _finite(piece.max_relative_error),
-            "failure_reason": piece.failure["reason"] if piece.failure else None,
-            "failure_detail": piece.failure["detail"] if piece.failure else None,
-            "fallback": fallback, "prepare_seconds": _finite(piece.prepare_seconds),
-            "warmup_seconds": _finite(piece.warmup_seconds), "info": piece.info,
-        })
-        total = system_energy(energy)
-        log.info("slice_end", steps=piece.steps, seconds=round(piece.seconds, 3),
-                 flop_per_second=piece.flop / piece.seconds if piece.seconds else 0.0,
-                 energy_joules=round(total, 3) if total is not None else None,
-                 failure=piece.failure["reason"] if piece.failure else None)
 
     def _run_micro(self) -> None:
-        try:
-            from workloads.micro import run_micro_in_worker
-        except ImportError:
-            self.log.warning("micro_unavailable", reason="the micro-benchmark suite is not installed")
-            return
+        from workloads.micro.run import run_micro_in_worker
+
         self.log.info("micro_start", profile=self.config.micro_profile)
         try:
             outcome = run_micro_in_worker(parse_backends(self.config.micro_backends),
-                                          profile=self.config.micro_profile)
+                                          profile=self.config.micro_profile, stop=self.stop_event)
         except Exception as exc:
             self.log.exception("micro_failed")
             self.journal.add_event("error", {"what": "micro-benchmark failed", "error": str(exc)})
             return
-        rows = [row for row in outcome.to_dict()["results"]]
-        summary = outcome.to_dict().get("summary", {})
-        self.metrics.micro_results(rows)
-        self.journal.add_micro_run(self.config.micro_profile, summary, rows)
-        self.log.info("micro_end", results=len(rows), summary=summary)
+        document = outcome.to_dict()
+        self.metrics.micro_results(outcome.results)
+        self.journal.add_micro_run(self.config.micro_profile, document["summary"], document["results"])
+        self.log.info("micro_end", results=len(outcome.results), stopped=outcome.stopped,
+                      summary=document["summary"])
 
     # --- watch: throttles, sources, telemetry rows ----------------------------------------
 

@@ -14,6 +14,7 @@ Both run the commands from a directory outside the checkout, so nothing is impor
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -29,15 +30,16 @@ SMALL_JOURNAL = """
 import sys, time
 from pathlib import Path
 from daemon.journal import Journal
+from daemon.records import SliceRow
 journal = Journal(Path(sys.argv[1]) / "journal.sqlite3")
 start = time.time() - 120
 rotation = journal.start_rotation("ci", "schedule", "cpu", started_at=start)
 for i, phase in enumerate(("matmul", "matmul", "conv", "conv")):
-    journal.add_slice(rotation, {
-        "phase": phase, "requested_backend": "cpu", "backend": "cpu", "precision": "fp32",
-        "started_at": start + 5 * i, "ended_at": start + 5 * i + 4, "steps": 20, "seconds": 3.0,
-        "flop": 3e10 * (1 - 0.05 * (i % 2)), "energy_joules": {"package-0": 60.0, "dram": 6.0},
-        "thermal_seconds": {"nominal": 4.0}, "checks": 1})
+    journal.add_slice(rotation, SliceRow(
+        phase=phase, requested_backend="cpu", backend="cpu", precision="fp32",
+        started_at=start + 5 * i, ended_at=start + 5 * i + 4, steps=20, seconds=3.0,
+        flop=3e10 * (1 - 0.05 * (i % 2)), energy_joules={"package-0": 60.0, "dram": 6.0},
+        thermal_seconds={"nominal": 4.0}, checks=1))
 for i in range(6):
     journal.add_telemetry(start + 4 * i, rotation, {"package-0": 15.0 + i, "dram": 1.5}, "nominal", {})
 journal.end_rotation(rotation, "completed", ended_at=start + 25)
@@ -61,8 +63,13 @@ def pip(python: Path, *args: str, cwd: Path) -> None:
 def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A new venv with the wheel installed; its bin/ directory."""
     base = tmp_path_factory.mktemp("wheel")
+    # from a clean copy: an in-tree build leaves build/lib behind, and a later build would pack
+    # modules that have since been deleted
+    source = base / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"))
     built = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                 "-w", str(base / "dist"), str(REPO)], base, timeout=300)
+                 "-w", str(base / "dist"), str(source)], base, timeout=300)
     assert built.returncode == 0, built.stderr[-3000:]
     [wheel] = (base / "dist").glob("soakd-*.whl")
     venv = base / "venv"

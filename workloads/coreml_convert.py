@@ -8,12 +8,18 @@ arrays that coremltools' predict() hands it); FP32 models float32.
 
 Cache layout, under `cache_dir()/coreml/`:
 
-    <phase>-<precision>-<digest>/        one entry per key (phase, spec shapes, precision, seed,
-        model.mlpackage/                 deployment target, coremltools and torch versions)
+    <phase>[-<variant>]-<precision>-<digest>/
+                                         one entry per key (phase, spec shapes and attention
+                                         variant, precision, seed, deployment target,
+                                         coremltools and torch versions); "-ane" for the ANE
+                                         layout, nothing for the standard one
+        model.mlpackage/                 the ML Program
         manifest.json                    written last: size and sha256 of every package file
         model.mlmodelc/                  compiled (macOS only), at this fixed path
         compiled.json                    written after the compile: sizes and sha256s
         loads/<COMPUTE_UNITS>.json       written after the first load with those compute units
+        plans/<COMPUTE_UNITS>-macos<V>.json   MLComputePlan per op (macOS 14.4+), see
+                                         workloads.placement
     conversions.jsonl                    one line per conversion actually done
     .tmp-* / .trash-*                    work in progress / entries being removed
 
@@ -42,7 +48,7 @@ from typing import Any
 
 from workloads.backends.base import BackendFailure
 from workloads.cache import atomic_write, cache_dir
-from workloads.phases import PhaseSpec
+from workloads.phases import PhaseSpec, variant_of
 
 CACHE_FORMAT = 1
 DEPLOYMENT_TARGET = "macOS13"  # ML Program with fp16 inputs/outputs; CPU_AND_NE exists from 13
@@ -54,6 +60,7 @@ COMPILED_NAME = "model.mlmodelc"
 MANIFEST_NAME = "manifest.json"
 COMPILED_MANIFEST_NAME = "compiled.json"
 LOADS_DIR = "loads"
+PLANS_DIR = "plans"
 LOG_NAME = "conversions.jsonl"
 STALE_TMP_SECONDS = 6 * 3600.0
 
@@ -91,6 +98,7 @@ class CachedModel:
     output_shape: tuple[int, ...]
     io_dtype: str
     rebuilt_reason: str | None = None  # why a cached entry was discarded before this conversion
+    variant: str = "standard"  # the attention layout (workloads.phases.ATTENTION_VARIANTS)
 
     @property
     def package(self) -> Path:
@@ -120,10 +128,12 @@ def coreml_cache_root() -> Path:
 
 
 def cache_key(spec: PhaseSpec, precision: str, seed: int) -> dict[str, Any]:
-    """Everything the converted model depends on."""
+    """Everything the converted model depends on (the attention variant too: each layout is
+    its own model)."""
     return {
         "format": CACHE_FORMAT,
         "phase": spec.name,
+        "variant": variant_of(spec),
         "spec": asdict(spec),
         "precision": precision,
         "seed": seed,
@@ -134,8 +144,12 @@ def cache_key(spec: PhaseSpec, precision: str, seed: int) -> dict[str, Any]:
 
 
 def entry_name(spec: PhaseSpec, precision: str, seed: int) -> str:
+    """`<phase>[-<variant>]-<precision>-<digest of cache_key>`; the standard layout has no
+    variant part, so the name starts with the phase name either way."""
     blob = json.dumps(cache_key(spec, precision, seed), sort_keys=True, default=list)
-    return f"{spec.name}-{precision}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}"
+    variant = variant_of(spec)
+    tag = spec.name if variant == "standard" else f"{spec.name}-{variant}"
+    return f"{tag}-{precision}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}"
 
 
 def _file_table(directory: Path) -> dict[str, dict[str, Any]]:
@@ -306,6 +320,43 @@ def convert_to_mlprogram(spec: PhaseSpec, precision: str, seed: int,
     )
 
 
+@dataclass(frozen=True)
+class ProgramOp:
+    """One operation of a saved ML Program: its MIL type ("conv", "transpose", "const", ...),
+    the names of the values bound to each of its arguments, and its outputs' names."""
+
+    type: str
+    inputs: dict[str, tuple[str, ...]]
+    outputs: tuple[str, ...]
+
+
+def program_ops(package: Path) -> list[ProgramOp]:
+    """The operations of the package's `main` function in program order (nested blocks
+    depth-first, consts included), read from the saved spec: what Core ML will compile.
+
+    Raises ValueError when the package holds no ML Program with a `main` function.
+    """
+    import coremltools as ct
+
+    spec = ct.utils.load_spec(str(package))
+    if spec.WhichOneof("Type") != "mlProgram" or "main" not in spec.mlProgram.functions:
+        raise ValueError(f"{package} holds no ML Program with a 'main' function")
+    function = spec.mlProgram.functions["main"]
+
+    def walk(block: Any) -> Iterator[ProgramOp]:
+        for op in block.operations:
+            yield ProgramOp(
+                type=str(op.type),
+                inputs={name: tuple(arg.name for arg in argument.arguments if arg.name)
+                        for name, argument in op.inputs.items()},
+                outputs=tuple(output.name for output in op.outputs),
+            )
+            for inner in op.blocks:
+                yield from walk(inner)
+
+    return list(walk(function.block_specializations[function.opset]))
+
+
 def _tail(text: str, limit: int = 600) -> str:
     lines = [line for line in text.replace("\r", "\n").splitlines()
              if line.strip() and "it/s]" not in line and "passes/s]" not in line
@@ -347,7 +398,7 @@ def _cached(spec: PhaseSpec, precision: str, name: str, path: Path, manifest: di
         original_conversion_seconds=float(manifest["conversion_seconds"]),
         input_shapes={k: tuple(v) for k, v in manifest["inputs"].items()},
         output_name=str(output["name"]), output_shape=tuple(output["shape"]),
-        io_dtype=str(manifest["io_dtype"]), rebuilt_reason=rebuilt,
+        io_dtype=str(manifest["io_dtype"]), rebuilt_reason=rebuilt, variant=variant_of(spec),
     )
 
 
@@ -416,8 +467,8 @@ def ensure_model(spec: PhaseSpec, precision: str, seed: int = 0,
         finally:
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
-        _log_conversion(root, {"entry": name, "phase": spec.name, "precision": precision,
-                               "seed": seed, "seconds": seconds, "time": time.time(),
+        _log_conversion(root, {"entry": name, "phase": spec.name, "variant": variant_of(spec),
+                               "precision": precision, "seed": seed, "seconds": seconds, "time": time.time(),
                                "pid": os.getpid(), "rebuilt": rebuilt})
         return _cached(spec, precision, name, path, manifest, hit=False, seconds=seconds,
                        rebuilt=rebuilt)
@@ -452,8 +503,9 @@ def ensure_compiled(model: CachedModel, compiler: Compiler = compile_package) ->
             except CorruptEntry:
                 record.unlink(missing_ok=True)
                 _discard(target)
-        # A fresh compile at this path: earlier loads say nothing about this one.
+        # A fresh compile at this path: earlier loads and compute plans say nothing about it.
         shutil.rmtree(model.path / LOADS_DIR, ignore_errors=True)
+        shutil.rmtree(model.path / PLANS_DIR, ignore_errors=True)
         record.unlink(missing_ok=True)
         work = model.path / f".tmp-{secrets.token_hex(4)}.mlmodelc"
         t0 = time.perf_counter()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from workloads.ane_transformer import EncoderANE
 from workloads.phases import AttentionSpec, ConvSpec, MatmulSpec, PhaseSpec
 
 
@@ -85,13 +86,22 @@ class Encoder(nn.Module):
 
 
 def build_model(spec: PhaseSpec, generator: torch.Generator) -> nn.Module:
-    """The phase's model with weights drawn from `generator` (float32, CPU)."""
+    """The phase's model with weights drawn from `generator` (float32, CPU).
+
+    For attention, `spec.variant` picks the layout: `Encoder` ("standard") or
+    `workloads.ane_transformer.EncoderANE` ("ane", holding the same weights).
+    """
     if isinstance(spec, MatmulSpec):
         return BatchedMatmul()
     if isinstance(spec, ConvSpec):
         return ConvNet(spec, generator)
     if isinstance(spec, AttentionSpec):
-        return Encoder(spec, generator)
+        # Both variants draw the standard encoder's weights, so a seed means the same weights
+        # (and the same inputs after them) in either layout.
+        standard = Encoder(spec, generator)
+        if spec.variant == "ane":
+            return EncoderANE.from_standard(spec, standard)
+        return standard
     raise TypeError(f"unknown phase spec {type(spec).__name__}")
 
 

@@ -84,9 +84,28 @@ class ConvSpec:
 
 
 
+ATTENTION_VARIANTS: tuple[str, ...] = ("standard", "ane")
+"""The attention phase's layouts: "standard" is (B, S, C) with linear layers and one batched
+attention; "ane" is Apple's Neural Engine layout (B, C, 1, S) with 1x1 convolutions and
+attention split per head (`workloads/ane_transformer.py`). Same function, same weights."""
+
+# The variant a backend runs when none is chosen: the Neural Engine gets the layout it is
+# built for (issue 18); everything else the standard one. Any backend can run either.
+DEFAULT_ATTENTION_VARIANT: dict[str, str] = {"coreml-ane": "ane"}
+
+
+def default_attention_variant(backend: str) -> str:
+    """The attention variant `backend` runs by default ("ane" for coreml-ane, else "standard")."""
+    return DEFAULT_ATTENTION_VARIANT.get(backend, "standard")
+
+
 @dataclass(frozen=True)
 class AttentionSpec:
-    """A stack of pre-norm transformer encoder layers (explicit attention, GELU FFN)."""
+    """A stack of pre-norm transformer encoder layers (explicit attention, GELU FFN).
+
+    `variant` picks the layout (one of ATTENTION_VARIANTS); it changes neither the function,
+    the weights for a seed, the input and output shapes, nor the FLOP count.
+    """
 
     batch: int = 1
     seq: int = 1024
@@ -94,6 +113,7 @@ class AttentionSpec:
     heads: int = 16
     layers: int = 12
     ffn_mult: int = 4
+    variant: str = "standard"
     name: str = field(default="attention", init=False)
 
     def __post_init__(self) -> None:
@@ -101,6 +121,9 @@ class AttentionSpec:
             raise ValueError(
                 f"attention.d_model ({self.d_model}) must be divisible by heads ({self.heads})"
             )
+        if self.variant not in ATTENTION_VARIANTS:
+            raise ValueError(f"attention.variant: {self.variant!r} is not a variant "
+                             f"(choose from {', '.join(ATTENTION_VARIANTS)})")
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"x": (self.batch, self.seq, self.d_model)}
@@ -109,6 +132,14 @@ class AttentionSpec:
         return (self.batch, self.seq, self.d_model)
 
     def flop_per_step(self) -> int:
+        """FLOPs of one forward as torch's FlopCounterMode counts them: the matrix products
+        (2 per multiply-add), not softmax, norms, GELU, biases or residual adds.
+
+        The same for both variants: the "ane" layout's 1x1 convolutions do the linear layers'
+        multiply-adds (FlopCounterMode counts a convolution as 2 * out elements * in channels
+        * kernel area, here area 1), and its per-head score and weighted-sum products add up
+        to the batched ones (heads x 2 * t * t * d/heads each).
+        """
         b, t, d, f = self.batch, self.seq, self.d_model, self.ffn_mult
         projections = 2 * t * d * (4 * d)  # q, k, v and output projections
         ffn = 2 * 2 * t * d * (f * d)
@@ -118,6 +149,21 @@ class AttentionSpec:
 
 
 PhaseSpec = MatmulSpec | ConvSpec | AttentionSpec
+
+
+def variant_of(spec: PhaseSpec) -> str:
+    """The spec's layout variant: the attention spec's `variant`; "standard" for the phases
+    that have only one layout (matmul, conv)."""
+    return spec.variant if isinstance(spec, AttentionSpec) else "standard"
+
+
+def reference_spec(spec: PhaseSpec) -> PhaseSpec:
+    """The spec whose model is the float64 reference for `spec`: the standard attention layout
+    for either variant (same function, same weights), so one reference serves both and the
+    "ane" layout is checked against an independent implementation; `spec` itself otherwise."""
+    if isinstance(spec, AttentionSpec) and spec.variant != "standard":
+        return replace(spec, variant="standard")
+    return spec
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -137,11 +183,15 @@ class Profile:
     warmup_steps: int
     check_every: int  # compare with the float64 reference every K steps
     cpu_baseline_seconds: float  # short CPU run per phase for "speedup vs CPU"
+    # How long a worker may take to prepare (model build, float64 reference, Core ML
+    # conversion and compile) before it is killed: generous for the heavy shapes, short for
+    # the small ones so a stuck worker does not hold a ci rotation for 15 minutes.
+    prepare_timeout_seconds: float = 900.0
 
     def __post_init__(self) -> None:
         # Overrides are coerced to the type of the current value: keep durations floats even
         # when written as ints (20 * 60), so that 1.5 s is accepted.
-        for name in ("phase_seconds", "slice_seconds", "cpu_baseline_seconds"):
+        for name in ("phase_seconds", "slice_seconds", "cpu_baseline_seconds", "prepare_timeout_seconds"):
             object.__setattr__(self, name, float(getattr(self, name)))
 
     def spec(self, phase: str) -> PhaseSpec:
@@ -188,6 +238,7 @@ PROFILES: dict[str, Profile] = {
         warmup_steps=2,
         check_every=20,
         cpu_baseline_seconds=3,
+        prepare_timeout_seconds=180,
     ),
     "ci": Profile(
         name="ci",
@@ -199,6 +250,7 @@ PROFILES: dict[str, Profile] = {
         warmup_steps=1,
         check_every=10,
         cpu_baseline_seconds=0.5,
+        prepare_timeout_seconds=120,
     ),
 }
 
@@ -206,6 +258,10 @@ PROFILES: dict[str, Profile] = {
 def _coerce(value: Any, current: Any, key: str) -> Any:
     """Turn a config/CLI value into the type of the field it overrides."""
     try:
+        if isinstance(current, str):  # a choice; the spec's __post_init__ checks the value
+            if not isinstance(value, str) or not value:
+                raise TypeError
+            return value
         if isinstance(current, bool):
             raise TypeError
         if isinstance(current, int):
@@ -227,8 +283,8 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
                 raise ValueError
             return out
     except (TypeError, ValueError):
-        kind = type(current).__name__
-        raise ValueError(f"{key}: bad value {value!r} (expected a positive {kind})") from None
+        expected = "a name" if isinstance(current, str) else f"a positive {type(current).__name__}"
+        raise ValueError(f"{key}: bad value {value!r} (expected {expected})") from None
     raise ValueError(f"{key}: cannot be overridden")
 
 

@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from daemon.clitools import UsageError
 from workloads.backends import parse_backends
-from workloads.micro_profiles import MICRO_PROFILES, get_micro_profile
-
-if TYPE_CHECKING:  # torch comes with workloads.micro: imported when the suite runs
-    from workloads.micro import MicroResult
+from workloads.micro import MICRO_PROFILES, MicroResult, MicroRun, get_micro_profile, render_table
+from workloads.micro.run import run_micro_in_worker
 
 
 def register(subparsers: Any) -> None:
@@ -63,8 +61,6 @@ class Progress:
 
 def run(args: argparse.Namespace) -> int:
     """Run the suite, a worker per backend; print the tables (or JSON). Exit codes: module doc."""
-    from workloads.micro import MicroRun, render_table, run_micro_in_worker
-
     try:
         profile = get_micro_profile(args.profile, args.iterations)
         backends = parse_backends(args.backends)

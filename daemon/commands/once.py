@@ -7,16 +7,23 @@ import json
 import math
 import sys
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
-from daemon.clitools import UsageError, comma_list
+from daemon.clitools import UsageError, comma_list, device_indices
+from daemon.commands import coreml_overhead
 from workloads.backends import parse_backends, parse_precisions
+from workloads.baseline import POLICIES
 from workloads.host import host_info
 from workloads.phases import MODES, PHASE_NAMES, PROFILES, get_profile
-
-if TYPE_CHECKING:  # torch comes with these: imported when a rotation runs, not to build the parser
-    from workloads.rotation import RotationPlan, SliceContext
-    from workloads.worker import Event
+from workloads.protocol import Steps
+from workloads.rotation import (
+    PhaseStarted,
+    RotationEvent,
+    RotationPlan,
+    RotationRunner,
+    SliceContext,
+    summarize,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -36,24 +43,28 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phases", default=",".join(PHASE_NAMES),
                         help=f"comma list of phases (default: {','.join(PHASE_NAMES)})")
     parser.add_argument("--precision", default="auto",
-                        help="comma list of fp32, fp16, bf16 or auto: fp16 when a Core ML backend is "
-                             "compared, else fp32 (default: auto)")
+                        help="comma list of fp32, tf32, fp16, bf16 or auto: bf16 on CUDA, fp16 when a "
+                             "Core ML backend is compared, else fp32 (default: auto)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--duration", type=float, metavar="SECONDS",
                        help="seconds per phase (overrides the profile)")
     group.add_argument("--steps", type=int, metavar="N", help="measured steps per backend and phase")
     parser.add_argument("--slice", type=float, metavar="SECONDS", dest="slice_seconds",
                         help="alternate backends in slices of this length")
+    parser.add_argument("--devices", default="all", metavar="all|0,1,...",
+                        help="device indices of a multi-device backend (CUDA), or all (default)")
     parser.add_argument("--mode", default="alternate", choices=MODES,
                         help="how several backends share a phase (default: alternate)")
-    parser.add_argument("--no-cpu-baseline", action="store_true",
-                        help="skip the short CPU run that gives 'speedup vs CPU'")
+    parser.add_argument("--cpu-baseline", choices=POLICIES, default="cached",
+                        help="the short CPU run that gives 'speedup vs CPU', before the first phase: "
+                             "cached (reuse one measured within a day; default), before (measure "
+                             "now), off")
+    parser.add_argument("--no-cpu-baseline", action="store_const", const="off", dest="cpu_baseline",
+                        help="the same as --cpu-baseline off")
 
 
 def plan_from_args(args: argparse.Namespace) -> RotationPlan:
     """The rotation the arguments ask for; raises UsageError naming the first bad argument."""
-    from workloads.rotation import RotationPlan
-
     overrides: dict[str, Any] = {}
     if args.duration is not None:
         if not args.duration > 0:
@@ -66,10 +77,10 @@ def plan_from_args(args: argparse.Namespace) -> RotationPlan:
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     try:
+        phases = comma_list(args.phases, "phase", PHASE_NAMES)
         profile = get_profile(args.profile, overrides)
         backends = parse_backends(args.backends)
-        precisions = parse_precisions(args.precision, backends)
-        phases = comma_list(args.phases, "phase", PHASE_NAMES)
+        precisions = parse_precisions(args.precision)
     except (KeyError, ValueError) as exc:
         raise UsageError(str(exc).strip("'\"")) from None
     return RotationPlan(
@@ -77,10 +88,18 @@ def plan_from_args(args: argparse.Namespace) -> RotationPlan:
         backends=backends,
         phases=phases,
         precisions=precisions,
+        devices=_devices(args.devices),
         mode=args.mode,
         steps=args.steps,
-        cpu_baseline=not args.no_cpu_baseline,
+        cpu_baseline=args.cpu_baseline,
     )
+
+
+def _devices(text: str) -> tuple[str, ...] | None:
+    try:
+        return device_indices(text)
+    except ValueError as exc:
+        raise UsageError(f"--devices: {exc}, got {text!r}") from None
 
 
 class Progress:
@@ -89,19 +108,22 @@ class Progress:
     def __init__(self, plan: RotationPlan, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
         self.enabled = stream.isatty()
-        profile = plan.profile
-        per_phase = profile.phase_seconds + (profile.cpu_baseline_seconds if plan.cpu_baseline else 0)
-        self.total = per_phase * len(plan.phases) * len(plan.precisions)
+        self.plan = plan
+        self.total = 0.0
         self.done = 0.0
         self.started = time.monotonic()
 
-    def __call__(self, context: SliceContext, event: Event) -> None:
-        """The rotation's event callback: measured seconds so far over the plan's total seconds
-        (phase seconds, plus the CPU baseline's, per phase and precision)."""
+    def __call__(self, context: SliceContext | None, event: RotationEvent) -> None:
+        """The rotation's event callback: measured seconds so far over the planned seconds (the
+        first phase's planned seconds times phases times precisions)."""
         if not self.enabled:
             return
-        if event.get("type") == "steps":
-            self.done += float(event["seconds"])
+        if isinstance(event, PhaseStarted) and not self.total:
+            self.total = event.planned_seconds * len(self.plan.phases) * len(self.plan.precisions)
+        if isinstance(event, Steps):
+            self.done += event.seconds
+        if context is None:
+            return
         fraction = min(1.0, self.done / self.total) if self.total > 0 else 0.0
         width = 24
         bar = "#" * int(fraction * width) + "-" * (width - int(fraction * width))
@@ -127,16 +149,17 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     """The `soakd once` table: one line per summarized phase x backend x precision row
     (workloads.rotation.summarize's dicts), then the fallbacks with their reasons."""
     header = (f"{'phase':<10} {'backend':<16} {'prec':<5} {'steps/s':>10} {'TFLOP/s':>9} "
-              f"{'p50 ms':>9} {'p99 ms':>9} {'vs CPU':>7} {'success':>8} {'mism':>5} {'peak MiB':>9}")
+              f"{'p50 ms':>9} {'p99 ms':>9} {'vs CPU':>7} {'success':>8} {'mism':>5} {'rss MiB':>9} "
+              f"{'dev MiB':>9}")
     lines = [header, "-" * len(header)]
     for row in rows:
         backend = row["backend"]
         if row["requested_backend"] != backend:
             backend = f"{row['requested_backend']}>{backend}"
         elif row["baseline"]:
-            backend = f"{backend} (base)"
+            backend = f"{backend} (base{', cached' if row['cached_baseline'] else ''})"
         memory = row["memory_bytes"]
-        peak = max(memory["peak_rss"], memory["peak_device"]) / 2**20
+        rss, device = memory["worker_peak_rss"] / 2**20, memory["device_peak"] / 2**20
         latency = row["latency_seconds"]
         speedup = row["speedup_vs_cpu"]
         lines.append(
@@ -144,7 +167,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             f"{_fmt(row['steps_per_second']):>10} {_fmt(row['flop_per_second'], 1e-12, 3):>9} "
             f"{_fmt(latency['p50'], 1e3, 3):>9} {_fmt(latency['p99'], 1e3, 3):>9} "
             f"{_fmt(speedup, 1, 1) + 'x' if speedup else '-':>7} "
-            f"{row['success_rate']:>8.0%} {row['mismatches']:>5} {peak:>9.0f}"
+            f"{row['success_rate']:>8.0%} {row['mismatches']:>5} {rss:>9.0f} {device:>9.0f}"
         )
     notes = [f"  {r['phase']} {r['requested_backend']} -> {r['backend']}: {r['fallback']['reason']}: "
              f"{r['fallback']['detail']}" for r in rows if r["fallback"]]
@@ -155,17 +178,15 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run one rotation in worker processes and print its table (or JSON); exit 0."""
-    from daemon.commands import coreml_overhead
-    from workloads.rotation import run_rotation, summarize
-
     plan = plan_from_args(args)
     progress = Progress(plan)
+    runner = RotationRunner(plan, progress)
     try:
-        results = run_rotation(plan, progress)
+        results = runner.run()
     finally:
         progress.close()
     rows = summarize(results)
-    overhead = coreml_overhead.overhead_for_backends(plan.backends)  # None without Core ML
+    overhead = coreml_overhead.overhead_for_backends(runner.backends)  # None without Core ML
     if args.json:
         document = {"host": host_info(), "profile": plan.profile.name, "results": rows}
         if overhead is not None:

@@ -4,13 +4,14 @@ Definitions (checked by tests/daemon/report/):
 
 - a *workload* is what a figure measures: one phase of one profile at one shape set. Slices
   of different workloads are never pooled or divided by one another: a ci slice is not
-  "0.07 sustained" against a heavy one. The shapes come from the slice's run-configuration
-  record (journal column `run`, key `shapes`) where the journal has one, else from its
-  `info` (`shapes`); a journal with neither tells workloads apart by profile only;
+  "0.07 sustained" against a heavy one. The shapes come from the slice's run configuration
+  (journal column `run`, workloads.protocol.RunConfig: `shapes`) where the journal has it,
+  else from its `info` (`shapes`); a journal with neither tells workloads apart by profile;
 - a *lane* is one (requested backend, backend it ran on, precision, CPU baseline or not, run
-  configuration): the run configuration is the record's short `run_key` (eager or graph,
-  memory format, tf32, ...) and empty where the journal has none. A lane whose requested
-  backend differs from where it ran is labelled "requested→ran on";
+  configuration): the run configuration is the slice's `run_key` (journal column; it digests
+  device, technique eager/cuda_graph, memory format, variant, tf32 and the rest), empty where
+  the journal has none. Two slices are compared over time only within one run_key. A lane
+  whose requested backend differs from where it ran is labelled "requested→ran on";
 - throughput of a slice is its FLOP over its measured seconds (warm-up excluded); of a
   workload×lane, total FLOP over total measured seconds (FLOP/s);
 - the sustained ratio of a slice is its throughput over the first slice's of the same
@@ -52,25 +53,32 @@ class Workload:
         return f"{text} · shapes {self.shapes}" if show_shapes and self.shapes else text
 
 
+# RunConfig fields worth naming in a label when they differ from these defaults
+_RUN_DEFAULTS = {"device": "0", "technique": "eager", "memory_format": "contiguous", "variant": "standard",
+                 "tf32": False}
+
+
 @dataclass(frozen=True)
 class Lane:
     """Where a series of slices was asked to run, where it ran, in which precision and run
-    configuration (`run_key`, "" where the journal has no run-configuration record)."""
+    configuration (`run_key`, "" where the journal has none; `run_label` names what is not
+    the default in it, e.g. "device 1 · cuda_graph", and is not part of the lane's identity)."""
 
     requested: str
     backend: str
     precision: str
     baseline: bool = False
     run_key: str = ""
+    run_label: str = field(default="", compare=False)
 
     def label(self, show_precision: bool = False, show_run: bool = False) -> str:
-        """"cuda", "coreml-ane→mps", "cpu fp32 (baseline)", "cuda [a1b2]" as needed to tell
-        the selection's lanes apart."""
+        """"cuda", "coreml-ane→mps", "cpu fp32 (baseline)", "cuda [cuda_graph]" as needed to
+        tell the selection's lanes apart."""
         name = self.backend if self.requested == self.backend else f"{self.requested}→{self.backend}"
         if show_precision:
             name += f" {self.precision}"
-        if show_run and self.run_key:
-            name += f" [{self.run_key}]"
+        if show_run and self.run_label:  # the lane on the defaults stays unmarked
+            name += f" [{self.run_label}]"
         return name + (" (baseline)" if self.baseline else "")
 
 
@@ -88,23 +96,38 @@ def _json_field(value: Any) -> Any:
 
 
 def _shapes(record: Any) -> str:
+    """The shapes of a run record or info, without the model variant: the ANE layout of the
+    attention phase computes the same function with the same FLOP, so a Metal slice and an ANE
+    one of the same sizes stay one workload (the variant is part of their lanes)."""
     shapes = record.get("shapes") if isinstance(record, Mapping) else None
-    return json.dumps(shapes, sort_keys=True, separators=(",", ":")) if shapes else ""
+    if not shapes:
+        return ""
+    if isinstance(shapes, str):
+        return " ".join(word for word in shapes.split() if not word.startswith("variant="))
+    if isinstance(shapes, Mapping):
+        shapes = {k: v for k, v in shapes.items() if k != "variant"}
+    return json.dumps(shapes, sort_keys=True, separators=(",", ":"))
+
+
+def _run(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    run = _json_field(row.get("run"))
+    return run if isinstance(run, Mapping) else {}
 
 
 def workload_of(row: Mapping[str, Any]) -> Workload:
     """A slice row's workload: its profile (added by selection.select) and phase, with the shapes
-    of its run record (column `run`) when the journal has one, else of its `info`."""
-    run = _json_field(row.get("run"))
-    shapes = _shapes(run) if isinstance(run, Mapping) else _shapes(_json_field(row.get("info")))
+    of its run configuration (column `run`) when the journal has it, else of its `info`."""
+    shapes = _shapes(_run(row)) or _shapes(_json_field(row.get("info")))
     return Workload(str(row.get("profile") or "unknown"), row["phase"], shapes)
 
 
 def lane_of(row: Mapping[str, Any]) -> Lane:
-    """A slice row's lane; its `run_key` from the run record where the journal has one."""
-    run = _json_field(row.get("run"))
-    run_key = str(run.get("run_key") or "") if isinstance(run, Mapping) else ""
-    return Lane(row["requested_backend"], row["backend"], row["precision"], bool(row["baseline"]), run_key)
+    """A slice row's lane, with its `run_key` (column, else the run record's `key`)."""
+    run = _run(row)
+    run_key = str(row.get("run_key") or run.get("key") or run.get("run_key") or "")
+    label = " · ".join(f"{name} {run[name]}" if name == "device" else ("tf32" if name == "tf32" else str(run[name]))
+                       for name, default in _RUN_DEFAULTS.items() if name in run and run[name] != default)
+    return Lane(row["requested_backend"], row["backend"], row["precision"], bool(row["baseline"]), run_key, label)
 
 
 def key_of(row: Mapping[str, Any]) -> Key:

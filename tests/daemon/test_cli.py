@@ -16,6 +16,7 @@ from daemon_process import REPO
 from fixture_paths import POWERMETRICS
 
 from daemon.journal import Journal
+from daemon.records import SliceRow
 
 REPLAY_FILE = POWERMETRICS / "M1Pro_text_EEDC_1.txt"
 
@@ -33,10 +34,10 @@ def state(tmp_path: Path) -> Path:
         start = time.time() - 60
         rotation = journal.start_rotation("ci", "schedule", "cpu", started_at=start)
         for i in range(2):
-            journal.add_slice(rotation, {
-                "phase": "matmul", "requested_backend": "cpu", "backend": "cpu", "precision": "fp32",
-                "started_at": start + 2 * i, "ended_at": start + 2 * i + 1.5, "steps": 10, "seconds": 1.0,
-                "flop": 1e9 * (10 - i), "energy_joules": {"package-0": 5.0}, "thermal_seconds": {}})
+            journal.add_slice(rotation, SliceRow(
+                phase="matmul", requested_backend="cpu", backend="cpu", precision="fp32",
+                started_at=start + 2 * i, ended_at=start + 2 * i + 1.5, steps=10, seconds=1.0,
+                flop=1e9 * (10 - i), energy_joules={"package-0": 5.0}))
         journal.end_rotation(rotation, "completed", ended_at=start + 5)
     return tmp_path
 

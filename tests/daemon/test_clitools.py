@@ -44,3 +44,12 @@ def test_comma_list() -> None:
 def test_exit_codes_are_the_sysexits_ones() -> None:
     assert (clitools.EX_USAGE, clitools.EX_TEMPFAIL, clitools.EX_CONFIG) == (2, 75, 78)
     assert clitools.EX_BROKEN_PIPE == 128 + 13 and clitools.EX_INTERRUPTED == 128 + 2
+
+
+def test_device_indices() -> None:
+    assert clitools.device_indices("all") is None
+    assert clitools.device_indices(" 1, 0,01,,") == ("1", "0")
+    assert clitools.device_indices([0, 2]) == ("0", "2")
+    for bad in ("", "gpu0", "-1", [True], [], 3):
+        with pytest.raises(ValueError):
+            clitools.device_indices(bad)  # type: ignore[arg-type]

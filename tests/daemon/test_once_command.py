@@ -99,7 +99,7 @@ def test_table_output(side_runs: dict[str, tuple[int, str, str]]) -> None:
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split() == ["phase", "backend", "prec", "steps/s", "TFLOP/s", "p50", "ms",
-                                "p99", "ms", "vs", "CPU", "success", "mism", "peak", "MiB"]
+                                "p99", "ms", "vs", "CPU", "success", "mism", "rss", "MiB", "dev", "MiB"]
     assert set(lines[1]) == {"-"}
     rows = [line.split() for line in lines[2:] if line.strip()]
     assert [r[:3] for r in rows] == [["matmul", "cpu", "fp32"], ["attention", "cpu", "fp32"]]

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from workloads.backends import EXTRA_BACKENDS_ENV
-from workloads.backends.base import Availability, PreparedWorkload
+from workloads.backends.base import Availability, PreparedWorkload, PrepareOptions
 from workloads.backends.torch_backend import CpuBackend, TorchWorkload
 from workloads.phases import PhaseSpec
 
@@ -74,8 +74,32 @@ class KillerBackend(CpuBackend):
 
     name = "killer-fake"
 
-    def prepare(self, spec: PhaseSpec, precision: str, seed: int) -> PreparedWorkload:
-        return _as(super().prepare(spec, precision, seed), _KillingWorkload)
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int,
+                options: PrepareOptions | None = None) -> PreparedWorkload:
+        return _as(super().prepare(spec, precision, seed, options), _KillingWorkload)
+
+
+# A file the crash-once backend creates on its first crash: later workers find it and run.
+CRASH_MARKER_ENV = "SOAKD_TEST_CRASH_MARKER"
+
+
+class _CrashOnceWorkload(TorchWorkload):
+    def step(self) -> None:
+        marker = Path(os.environ[CRASH_MARKER_ENV])
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().step()
+
+
+class CrashOnceBackend(CpuBackend):
+    """The first worker that steps dies by SIGKILL (a native crash); every later one is fine."""
+
+    name = "crashonce-fake"
+
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int,
+                options: PrepareOptions | None = None) -> PreparedWorkload:
+        return _as(super().prepare(spec, precision, seed, options), _CrashOnceWorkload)
 
 
 class _HangingWorkload(TorchWorkload):
@@ -91,8 +115,20 @@ class HangingBackend(CpuBackend):
 
     name = "hanging-fake"
 
-    def prepare(self, spec: PhaseSpec, precision: str, seed: int) -> PreparedWorkload:
-        return _as(super().prepare(spec, precision, seed), _HangingWorkload)
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int,
+                options: PrepareOptions | None = None) -> PreparedWorkload:
+        return _as(super().prepare(spec, precision, seed, options), _HangingWorkload)
+
+
+class SlowPrepareBackend(CpuBackend):
+    """Preparing takes an hour (a model build or compile that never finishes)."""
+
+    name = "slowprepare-fake"
+
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int,
+                options: PrepareOptions | None = None) -> PreparedWorkload:
+        time.sleep(3600)
+        return super().prepare(spec, precision, seed, options)
 
 
 class _OomWorkload(TorchWorkload):
@@ -105,8 +141,9 @@ class OomBackend(CpuBackend):
 
     name = "oom-fake"
 
-    def prepare(self, spec: PhaseSpec, precision: str, seed: int) -> PreparedWorkload:
-        return _as(super().prepare(spec, precision, seed), _OomWorkload)
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int,
+                options: PrepareOptions | None = None) -> PreparedWorkload:
+        return _as(super().prepare(spec, precision, seed, options), _OomWorkload)
 
 
 class _HalfRefusingWorkload(TorchWorkload):
@@ -121,8 +158,9 @@ class HalfRefusingBackend(CpuBackend):
 
     name = "halfrefusing-fake"
 
-    def prepare(self, spec: PhaseSpec, precision: str, seed: int) -> PreparedWorkload:
-        return _as(super().prepare(spec, precision, seed), _HalfRefusingWorkload)
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int,
+                options: PrepareOptions | None = None) -> PreparedWorkload:
+        return _as(super().prepare(spec, precision, seed, options), _HalfRefusingWorkload)
 
 
 PERTURBATION = 0.05
@@ -140,5 +178,6 @@ class PerturbingBackend(CpuBackend):
 
     name = "perturbing-fake"
 
-    def prepare(self, spec: PhaseSpec, precision: str, seed: int) -> PreparedWorkload:
-        return _as(super().prepare(spec, precision, seed), _PerturbingWorkload)
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int,
+                options: PrepareOptions | None = None) -> PreparedWorkload:
+        return _as(super().prepare(spec, precision, seed, options), _PerturbingWorkload)

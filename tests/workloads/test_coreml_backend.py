@@ -8,17 +8,19 @@ predict() call runs as it would on a Mac.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from standin_compute_plan import plan_of_package
 
 from workloads.backends import coreml_backend, fallback_chain, get_backend
 from workloads.backends.base import Availability, BackendFailure
@@ -27,15 +29,16 @@ from workloads.backends.coreml_backend import (
     CoreMLBackend,
     CoreMLWorkload,
     check_compute_units,
-    compute_plan_placement,
-    summarize_compute_plan,
 )
+from workloads.coreml_convert import entry_name, program_ops, read_conversion_log
+from workloads.measure import CheckState, measure
 from workloads.models import build
 from workloads.phases import PhaseSpec, get_profile
+from workloads.placement import ane_share, variant_placements
+from workloads.protocol import Check, Prepared, RunSlice, SliceDone, Steps, WorkerEvent
 from workloads.reference import TOLERANCE, compute_reference
 from workloads.rotation import RotationPlan, RotationRunner
 from workloads.timing import SyncClock
-from workloads.worker import SliceRequest, measure
 
 pytest.importorskip("coremltools")
 
@@ -176,12 +179,20 @@ def test_precision_rules(name: str) -> None:
         assert fp32.ok
 
 
-def test_importing_the_backend_does_not_import_coremltools() -> None:
-    code = ("import sys, workloads.backends.coreml_backend, workloads.coreml_convert, "
-            "workloads.coreml_overhead; print('coremltools' in sys.modules)")
+def _heavy_imports_of(modules: str) -> list[str]:
+    """Which of torch and coremltools a fresh interpreter has after importing `modules`."""
+    code = (f"import sys, {modules}; "
+            "print(','.join(m for m in ('torch', 'coremltools') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
-    assert out.stdout.strip() == "False"
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def test_importing_the_backend_does_not_import_coremltools() -> None:
+    assert "coremltools" not in _heavy_imports_of(
+        "workloads.backends.coreml_backend, workloads.coreml_convert, workloads.coreml_overhead")
+    # The placement records are for the daemon too (report, metrics): no torch either.
+    assert _heavy_imports_of("workloads.placement, workloads.phases") == []
 
 
 # --- the prediction path with a stand-in model ---------------------------------------------
@@ -229,15 +240,15 @@ def test_steps_reuse_buffers_are_timed_and_checked_against_the_reference(
     assert isinstance(workload, CoreMLWorkload)
     assert isinstance(workload.clock, SyncClock)
     reference = compute_reference(spec, 0)
-    events: list[dict[str, Any]] = []
+    events: list[WorkerEvent] = []
     # One timed segment (a long flush interval), so the checks fall on known steps.
-    request = SliceRequest(spec=spec, backend="coreml-ane", precision="fp16", duration_s=None,
-                           max_steps=6, warmup_steps=2, check_every=3, flush_interval_s=600.0)
-    measure(workload, request, events.append, reference=reference)
+    request = RunSlice(slice_id=1, duration_s=None, max_steps=6, warmup_steps=2, check_every=3,
+                       flush_interval_s=600.0)
+    measure(workload, request, events.append, state=CheckState(reference=reference))
 
     predictor = on_a_mac.predictors[-1]
-    steps = [e for e in events if e["type"] == "steps"]
-    durations = [d for e in steps for d in e["durations"]]
+    steps = [e for e in events if isinstance(e, Steps)]
+    durations = [d for e in steps for d in e.durations]
     assert len(durations) == 6
     assert all(d >= STEP_SLEEP_S for d in durations)
     # Every predict got the same dict and the same arrays, never rewritten between steps.
@@ -250,24 +261,23 @@ def test_steps_reuse_buffers_are_timed_and_checked_against_the_reference(
         np.testing.assert_array_equal(array, predictor.snapshots[0][name])
     # The reference check ran on the warm-up output, then after the segment (6 >= 3 steps
     # since the last check), and passed.
-    checks = [e for e in events if e["type"] == "check"]
-    assert [c["step"] for c in checks] == [0, 6]
-    assert all(c["ok"] and c["tolerance"] == TOLERANCE["fp16"] for c in checks)
-    assert all(0 < c["relative_error"] < 1e-2 for c in checks)
+    checks = [e for e in events if isinstance(e, Check)]
+    assert [c.step for c in checks] == [0, 6]
+    assert all(c.ok and c.tolerance == TOLERANCE["fp16"] for c in checks)
+    assert all(0 < c.relative_error < 1e-2 for c in checks)
     done = events[-1]
-    assert done["type"] == "done" and done["steps"] == 6
+    assert isinstance(done, SliceDone) and done.steps == 6
 
 
 def test_wrong_outputs_are_counted_as_mismatches(on_a_mac: StandIns) -> None:
     on_a_mac.broken = True
     spec = CI.spec("matmul")
     workload = CoreMLBackend("coreml-cpu").prepare(spec, "fp16", 0)
-    events: list[dict[str, Any]] = []
-    request = SliceRequest(spec=spec, backend="coreml-cpu", precision="fp16", duration_s=None,
-                           max_steps=2, warmup_steps=1, check_every=1)
-    measure(workload, request, events.append, reference=compute_reference(spec, 0))
-    checks = [e for e in events if e["type"] == "check"]
-    assert checks and not any(c["ok"] for c in checks)
+    events: list[WorkerEvent] = []
+    request = RunSlice(slice_id=1, duration_s=None, max_steps=2, warmup_steps=1, check_every=1)
+    measure(workload, request, events.append, state=CheckState(reference=compute_reference(spec, 0)))
+    checks = [e for e in events if isinstance(e, Check)]
+    assert checks and not any(c.ok for c in checks)
 
 
 def test_output_sample_is_float64_sample_zero_by_output_name() -> None:
@@ -302,115 +312,79 @@ def test_a_load_failure_is_a_recorded_failure(on_a_mac: StandIns,
     assert "with ALL failed" in caught.value.detail and "Error computing" in caught.value.detail
 
 
-# --- MLComputePlan -----------------------------------------------------------------------
+# --- MLComputePlan evidence for both attention variants (bookkeeping: test_placement.py) ---
 
 
-class MLNeuralEngineComputeDevice:
-    pass
+def _planned_on_cpu(op_type: str) -> str:
+    """A made-up placement rule for the stand-in plan: layout ops on the CPU, the rest on the ANE."""
+    return "cpu" if op_type in ("transpose", "reshape") else "ane"
 
 
-class MLGPUComputeDevice:
-    pass
-
-
-class MLCPUComputeDevice:
-    pass
-
-
-@dataclass
-class Op:
-    device: Any
-    weight: float | None
-    blocks: list[Any] = field(default_factory=list)
-
-
-@dataclass
-class Block:
-    operations: list[Op]
-
-
-@dataclass
-class Usage:
-    preferred_compute_device: Any
-    supported_compute_devices: list[Any]
-
-
-@dataclass
-class Cost:
-    weight: float
-
-
-class FakePlan:
-    """The shape of coremltools.models.compute_plan.MLComputePlan, with made-up costs."""
-
-    def __init__(self, block: Block, program: bool = True) -> None:
-        main = type("Function", (), {"block": block})()
-        self.model_structure = type("Structure", (), {
-            "program": type("Program", (), {"functions": {"main": main}})() if program else None,
-        })()
-
-    def get_compute_device_usage_for_mlprogram_operation(self, op: Op) -> Usage | None:
-        return None if op.device is None else Usage(op.device, [op.device])
-
-    def get_estimated_cost_for_mlprogram_operation(self, op: Op) -> Cost | None:
-        return None if op.weight is None else Cost(op.weight)
-
-
-def test_compute_plan_costs_are_summed_by_preferred_device() -> None:
-    ane, gpu, cpu = MLNeuralEngineComputeDevice(), MLGPUComputeDevice(), MLCPUComputeDevice()
-    inner = Block([Op(ane, 0.1), Op(cpu, 0.05)])
-    plan = FakePlan(Block([
-        Op(None, None),  # a const: no device usage, no cost
-        Op(ane, 0.6),
-        Op(gpu, 0.1),
-        Op(cpu, 0.1, blocks=[inner]),
-        Op(None, 0.05),  # costed but unplaced
-    ]))
-    summary = summarize_compute_plan(plan)
-    assert summary["fractions"] == pytest.approx({"ane": 0.7, "gpu": 0.1, "cpu": 0.15})
-    assert summary["unattributed"] == pytest.approx(0.05)
-    assert summary["ops"] == {"ane": 2, "gpu": 1, "cpu": 2, "other": 0, "no_usage": 2}
-
-    with pytest.raises(ValueError, match="no ML Program"):
-        summarize_compute_plan(FakePlan(Block([]), program=False))
-    with pytest.raises(ValueError, match="no operation a cost"):
-        summarize_compute_plan(FakePlan(Block([Op(ane, None)])))
-
-
-def test_compute_plan_placement_where_it_exists(monkeypatch: pytest.MonkeyPatch,
-                                                tmp_path: Path) -> None:
+def test_attention_placement_is_stored_for_both_variants(on_a_mac: StandIns,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from coremltools.models.compute_plan import MLComputePlan
 
-    if sys.platform != "darwin":
-        assert compute_plan_placement(tmp_path, "CPU_AND_NE")["compute_plan"] == "unknown"
-    monkeypatch.setattr(coreml_backend, "_host_macos", lambda: (14, 2))
-    old = compute_plan_placement(tmp_path, "CPU_AND_NE")
-    assert old == {"compute_plan": "unknown",
-                   "compute_plan_reason": "MLComputePlan needs macOS 14.4+ (this is macOS 14.2)"}
-
     monkeypatch.setattr(coreml_backend, "_host_macos", lambda: (14, 4))
-    seen: list[tuple[str, Any]] = []
+    planned: list[Path] = []
 
-    def load(path: str, compute_units: Any) -> FakePlan:
-        seen.append((path, compute_units))
-        return FakePlan(Block([Op(MLNeuralEngineComputeDevice(), 0.75),
-                               Op(MLCPUComputeDevice(), 0.25)]))
+    def load(path: str, compute_units: Any) -> Any:
+        planned.append(Path(path))
+        assert compute_units.name == "CPU_AND_NE"
+        # The stand-in compiler copied the package: plan the converted program's real ops.
+        return plan_of_package(Path(path).parent / "model.mlpackage", _planned_on_cpu)
 
     monkeypatch.setattr(MLComputePlan, "load_from_path", staticmethod(load))
-    placed = compute_plan_placement(tmp_path, "CPU_AND_NE")
-    assert placed["compute_plan"] == pytest.approx({"ane": 0.75, "gpu": 0.0, "cpu": 0.25})
-    assert "estimate" in placed["compute_plan_source"]
-    assert seen[0][0] == str(tmp_path) and seen[0][1].name == "CPU_AND_NE"
-    label = coreml_backend.placement_label(placed)
-    assert label == "planned placement ane 75%, gpu 0%, cpu 25% (MLComputePlan estimate)"
+    spec = replace(CI.attention, variant="ane")
+    info = CoreMLBackend("coreml-ane").prepare(spec, "fp16", 0).info
+    assert info["variant"] == "ane"
 
-    def broken(path: str, compute_units: Any) -> Any:
-        raise ValueError("MLComputePlan is not supported.")
+    placements = variant_placements(info)
+    assert set(placements) == {"standard", "ane"}
+    for variant, summary in placements.items():
+        entry = Path(info["model_cache_entry"]).parent / entry_name(replace(spec, variant=variant), "fp16", 0)
+        work = [op.type for op in program_ops(entry / "model.mlpackage") if op.type != "const"]
+        on_cpu = sum(_planned_on_cpu(t) == "cpu" for t in work)
+        assert (summary.variant, summary.phase, summary.compute_units) == (variant, "attention", "CPU_AND_NE")
+        assert summary.ops["ane"] + summary.ops["cpu"] == len(work) and summary.ops["cpu"] == on_cpu
+        assert summary.ane == pytest.approx(1 - on_cpu / len(work))
+        stored = json.loads(next((entry / "plans").iterdir()).read_text())
+        assert len(stored["ops"]) == len(program_ops(entry / "model.mlpackage"))  # consts too
+    assert ane_share(info) == pytest.approx(placements["ane"].ane)
+    assert placements["ane"].ane > placements["standard"].ane  # 2 layout ops against 16, at ci
+    assert info["compute_plan_file"].startswith(info["model_cache_entry"])
+    assert len(planned) == 2 and "compute_plan_variants_reason" not in info
 
-    monkeypatch.setattr(MLComputePlan, "load_from_path", staticmethod(broken))
-    failed = compute_plan_placement(tmp_path, "CPU_AND_NE")
-    assert failed["compute_plan"] == "unknown"
-    assert "not supported" in failed["compute_plan_reason"]
+    # The standard variant's slice finds both plans stored: nothing converted or planned again.
+    conversions = len(read_conversion_log(Path(info["model_cache_entry"]).parent))
+    again = CoreMLBackend("coreml-ane").prepare(CI.attention, "fp16", 0).info
+    assert again["variant"] == "standard" and len(planned) == 2
+    assert len(read_conversion_log(Path(info["model_cache_entry"]).parent)) == conversions
+    assert variant_placements(again) == placements
+
+
+def test_a_variant_that_fails_to_convert_leaves_a_reason(on_a_mac: StandIns, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from coremltools.models.compute_plan import MLComputePlan
+
+    from workloads import coreml_convert
+
+    monkeypatch.setenv("SOAKD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(coreml_backend, "_host_macos", lambda: (14, 4))
+    monkeypatch.setattr(MLComputePlan, "load_from_path", staticmethod(
+        lambda path, compute_units: plan_of_package(Path(path).parent / "model.mlpackage",
+                                                    _planned_on_cpu)))
+    real = coreml_convert.convert_to_mlprogram
+
+    def only_standard(spec: PhaseSpec, *args: Any) -> Any:
+        if getattr(spec, "variant", "standard") != "standard":
+            raise RuntimeError("PyTorch convert function for op 'frobnicate' not implemented.")
+        return real(spec, *args)
+
+    monkeypatch.setattr(coreml_convert, "convert_to_mlprogram", only_standard)
+    info = CoreMLBackend("coreml-ane").prepare(CI.attention, "fp16", 0).info
+    assert set(variant_placements(info)) == {"standard"}
+    assert "frobnicate" in info["compute_plan_variants_reason"]["ane"]
+    assert isinstance(info["compute_plan"], dict)  # the slice's own placement stands
 
 
 # --- fallback through the rotation --------------------------------------------------------
@@ -418,8 +392,8 @@ def test_compute_plan_placement_where_it_exists(monkeypatch: pytest.MonkeyPatch,
 
 def _rotate(backends: list[str], precision: str = "fp16", phase: str = "matmul") -> list[Any]:
     plan = RotationPlan(profile=CI, backends=backends, phases=[phase], precisions=[precision],
-                        steps=2, cpu_baseline=False, in_process=True)
-    events: list[tuple[Any, dict[str, Any]]] = []
+                        steps=2, cpu_baseline="off", in_process=True)
+    events: list[tuple[Any, Any]] = []
     results = RotationRunner(plan, lambda context, event: events.append((context, event))).run()
     return [results, events]
 
@@ -478,5 +452,6 @@ def test_a_rotation_runs_core_ml_end_to_end_with_the_stand_in(on_a_mac: StandIns
     assert result.info["compute_units"] == "CPU_AND_GPU"
     assert result.info["compute_plan"] == "unknown"
     assert result.precision == "fp16" and result.info["model_precision"] == "fp16"
-    prepared = [e for _, e in events if e["type"] == "prepared"]
-    assert prepared and prepared[0]["device"].startswith("Core ML CPU_AND_GPU")
+    prepared = [e for _, e in events if isinstance(e, Prepared)]
+    assert prepared and prepared[0].device_name.startswith("Core ML CPU_AND_GPU")
+    assert prepared[0].run.technique == "coreml" and prepared[0].run.backend == "coreml-gpu"

@@ -1,7 +1,8 @@
 """Core ML conversion and the model cache, with the real coremltools (converts on Linux).
 
-Each ci phase is converted once per session (FP16, plus FP32 for the conv net); the tests
-that damage an entry use their own cache root and the cheap matmul phase.
+Each ci phase is converted once per session (FP16, plus FP32 for the conv net, plus the
+ANE-layout attention variant); the tests that damage an entry use their own cache root and
+the cheap matmul phase.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from workloads.coreml_convert import (
     ensure_compiled,
     ensure_model,
     entry_name,
+    program_ops,
     read_conversion_log,
     verify_entry,
 )
@@ -34,6 +36,7 @@ from workloads.phases import PHASE_NAMES, PhaseSpec, get_profile
 pytest.importorskip("coremltools")
 
 CI = get_profile("ci")
+ANE = replace(CI.attention, variant="ane")
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +49,7 @@ def converted(session_root: Path) -> dict[tuple[str, str], CachedModel]:
     out = {(phase, "fp16"): ensure_model(CI.spec(phase), "fp16", 0, root=session_root)
            for phase in PHASE_NAMES}
     out[("conv", "fp32")] = ensure_model(CI.spec("conv"), "fp32", 0, root=session_root)
+    out[("attention-ane", "fp16")] = ensure_model(ANE, "fp16", 0, root=session_root)
     return out
 
 
@@ -129,7 +133,7 @@ def test_ci_phase_converts_to_an_mlprogram_with_fixed_named_shapes(
     assert model.cache_hit is False and model.conversion_seconds and model.conversion_seconds > 0
 
 
-@pytest.mark.parametrize("phase", PHASE_NAMES)
+@pytest.mark.parametrize("phase", [*PHASE_NAMES, "attention-ane"])
 def test_fp16_models_compute_in_fp16_with_fp16_weights(
         converted: dict[tuple[str, str], CachedModel], phase: str) -> None:
     ml = load_spec(converted[(phase, "fp16")])
@@ -148,6 +152,60 @@ def test_fp32_model_keeps_fp32_weights(converted: dict[tuple[str, str], CachedMo
     inputs, outputs = io_facts(ml)
     assert {dtype for _, dtype in inputs.values()} == {"FLOAT32"}
     assert outputs["output"][1] == "FLOAT32"
+
+
+def _work(ops: list[Any]) -> list[Any]:
+    return [op for op in ops if op.type != "const"]
+
+
+def test_the_ane_variant_converts_to_convs_and_keeps_transposes_at_the_edges(
+        converted: dict[tuple[str, str], CachedModel]) -> None:
+    """Issue 18: linear layers are `conv` ops; no `transpose` inside the encoder layers."""
+    model = converted[("attention-ane", "fp16")]
+    inputs, outputs = io_facts(load_spec(model))
+    assert inputs == {"x": (ANE.input_shapes()["x"], "FLOAT16")}
+    assert outputs == {"output": (ANE.output_shape(), "FLOAT16")}
+    assert model.variant == "ane"
+    ops = _work(program_ops(model.package))
+    types = [op.type for op in ops]
+    assert types.count("conv") == 4 * ANE.layers  # qkv, out, ff1, ff2
+    assert "linear" not in types
+    # Attention split per head: a score and a weighted-sum matmul per head and layer.
+    assert types.count("matmul") == 2 * ANE.heads * ANE.layers
+    assert types.count("softmax") == ANE.heads * ANE.layers
+    # Two transposes: the first op reads the model input, the last writes the model output.
+    assert types.count("transpose") == 2
+    assert ops[0].type == "transpose" and ops[0].inputs["x"] == ("x",)
+    assert ops[-1].type == "transpose" and ops[-1].outputs == ("output",)
+    assert "reshape" not in types
+
+    # The standard layout, converted the same way, does have transposes inside its layers:
+    # the assertion above tells the layouts apart.
+    standard = [op.type for op in _work(program_ops(converted[("attention", "fp16")].package))]
+    assert standard.count("transpose") == 4 * CI.attention.layers
+    assert standard.count("linear") == 4 * CI.attention.layers and "conv" not in standard
+
+
+def test_the_ane_variant_works_on_the_channel_axis(
+        converted: dict[tuple[str, str], CachedModel]) -> None:
+    """Layer norm over axis 1 of (B, C, 1, S); per-head scores contract over the channels
+    with matmul(transpose_x=True) (torch's transpose of k folded into the op)."""
+    ml = load_spec(converted[("attention-ane", "fp16")])
+    consts = {op.outputs[0].name: op.attributes["val"].immediateValue.tensor
+              for op in mil_ops(ml) if op.type == "const"
+              and op.attributes["val"].WhichOneof("value") == "immediateValue"}
+
+    def const(op: Any, argument: str) -> list[Any]:
+        tensor = consts[op.inputs[argument].arguments[0].name]
+        return list(tensor.ints.values) or list(tensor.bools.values)
+
+    norms = [op for op in mil_ops(ml) if op.type == "layer_norm"]
+    assert len(norms) == 2 * ANE.layers
+    assert all(const(op, "axes") == [1] for op in norms)
+    flags = sorted((const(op, "transpose_x"), const(op, "transpose_y"))
+                   for op in mil_ops(ml) if op.type == "matmul")
+    per_kind = ANE.heads * ANE.layers
+    assert flags == [([False], [False])] * per_kind + [([True], [False])] * per_kind
 
 
 def test_second_run_hits_the_cache(converted: dict[tuple[str, str], CachedModel],
@@ -177,6 +235,10 @@ def test_cache_key_covers_shapes_precision_seed_and_versions(
     assert entry_name(replace(spec, n=64), "fp16", 0) != base
     assert entry_name(spec, "fp32", 0) != base
     assert entry_name(spec, "fp16", 1) != base
+    standard = entry_name(CI.attention, "fp16", 0)
+    assert standard.startswith("attention-fp16-")
+    assert entry_name(ANE, "fp16", 0).startswith("attention-ane-fp16-")
+    assert entry_name(ANE, "fp16", 0)[-20:] != standard[-20:]  # the digest covers it too
     real = coreml_convert._version
     monkeypatch.setattr(coreml_convert, "_version",
                         lambda dist: "0.0-other" if dist == "coremltools" else real(dist))

@@ -23,20 +23,16 @@ from workloads.backends.torch_backend import CpuBackend
 from workloads.micro import (
     CATEGORIES,
     COREML_SKIP_REASON,
-    GELU_FLOP_PER_ELEMENT,
-    MATMUL_SIZES,
-    VECTOR_SIZES,
-    MicroCase,
     MicroResult,
     MicroRun,
-    build_cases,
     get_micro_profile,
-    measure_case,
     render_table,
-    run_micro,
-    run_micro_in_worker,
     size_label,
 )
+from workloads.micro.cases import MicroCase, build_cases
+from workloads.micro.measure import measure_case
+from workloads.micro.results import GELU_FLOP_PER_ELEMENT, MATMUL_SIZES, VECTOR_SIZES
+from workloads.micro.run import run_micro, run_micro_in_worker
 from workloads.timing import StepClock, SyncClock
 
 # Every (category, op) the seed asks for, with its sizes.
@@ -226,7 +222,7 @@ def test_coreml_and_unavailable_backends_are_skipped_with_a_reason(
 def test_one_failing_op_is_recorded_and_the_suite_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
-    import workloads.micro as micro
+    import workloads.micro.measure as micro
 
     real = micro.build_cases
 
@@ -446,18 +442,40 @@ def test_worker_that_overruns_is_killed() -> None:
 def test_stop_kills_the_worker_and_runs_nothing_more(monkeypatch: pytest.MonkeyPatch) -> None:
     register(monkeypatch, MicroPlainBackend)
     stop = threading.Event()
-    timer = threading.Timer(4.0, stop.set)
+    # 10 s: past the worker's start and its 3 s device warm-up, inside the first case's minutes
+    timer = threading.Timer(10.0, stop.set)
     timer.start()
     try:
         run = run_micro_in_worker(["cpu", "micro-plain-fake"],
-                                  get_micro_profile("heavy", iterations=1_000_000), stop=stop)
+                                  get_micro_profile("heavy", iterations=1_000_000), stop=stop,
+                                  categories=("matmul",))
     finally:
         timer.cancel()
     assert run.stopped
     assert run.failures == {"cpu": run.failures["cpu"]}
     assert run.failures["cpu"].startswith("stopped:")
     assert "micro-plain-fake" not in run.backends() and "micro-plain-fake" not in run.skipped
-    assert run.seconds < 30
+    assert run.seconds < 40
+
+
+@pytest.mark.slow
+def test_stop_between_cases_keeps_what_was_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop reaches the worker, which ends after its current case: the cases measured so far
+    are kept, nothing is killed, and no further backend starts."""
+    register(monkeypatch, MicroPlainBackend)
+    stop = threading.Event()
+    seen: list[MicroResult] = []
+
+    def on_result(result: MicroResult) -> None:
+        seen.append(result)
+        if len(seen) == 3:
+            stop.set()
+
+    run = run_micro_in_worker(["cpu", "micro-plain-fake"], get_micro_profile("ci", iterations=5),
+                              on_result=on_result, stop=stop)
+    assert run.stopped and not run.failures
+    assert 3 <= len(run.results) < ROWS_PER_BACKEND and run.results == seen
+    assert {r.backend for r in run.results} == {"cpu"}
 
 
 def test_workloads_micro_does_not_import_the_daemon() -> None:

@@ -7,10 +7,9 @@ covered in test_runner.py.
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import fake_backends as fb
 import pytest
@@ -18,17 +17,24 @@ import pytest
 import workloads.rotation as rotation
 from workloads.backends import get_backend
 from workloads.phases import PROFILES, get_profile
+from workloads.protocol import Failure
 from workloads.rotation import (
+    BaselineReused,
+    FallbackTaken,
+    PhaseStarted,
+    RotationEvent,
     RotationPlan,
+    RotationResolved,
     RotationRunner,
     SliceContext,
+    SliceEnded,
+    SliceStarted,
     _Lane,
-    _slice_plan,
+    _rounds,
     speedups,
     summarize,
 )
-from workloads.runner import PhaseResult, SliceResult, run_slice
-from workloads.worker import Event, SliceRequest
+from workloads.runner import PhaseResult, SliceRequest, run_slice
 
 
 @pytest.fixture(autouse=True)
@@ -57,8 +63,8 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run_plan(backends: list[str], precision: str = "fp32", phases: list[str] | None = None,
-             steps: int = 3) -> tuple[list[PhaseResult], list[tuple[SliceContext, Event]]]:
-    events: list[tuple[SliceContext, Event]] = []
+             steps: int = 3) -> tuple[list[PhaseResult], list[tuple[SliceContext | None, RotationEvent]]]:
+    events: list[tuple[SliceContext | None, RotationEvent]] = []
     plan = RotationPlan(profile=PROFILES["ci"], backends=backends, phases=phases or ["matmul"],
                         precisions=[precision], steps=steps, in_process=True)
     results = RotationRunner(plan, lambda c, e: events.append((c, e))).run()
@@ -74,7 +80,7 @@ def test_extra_backend_hook_resolves_and_cannot_shadow(monkeypatch: pytest.Monke
 
 
 def test_cpu_runs_clean() -> None:
-    results, _ = run_plan(["cpu"], phases=["matmul", "conv", "attention"])
+    results, events = run_plan(["cpu"], phases=["matmul", "conv", "attention"])
     assert [(r.phase, r.backend, r.requested_backend) for r in results] == [
         ("matmul", "cpu", "cpu"), ("conv", "cpu", "cpu"), ("attention", "cpu", "cpu")]
     for result in results:
@@ -84,6 +90,24 @@ def test_cpu_runs_clean() -> None:
         assert result.fallback is None and not result.failures
         assert result.flop == 3 * PROFILES["ci"].spec(result.phase).flop_per_step()
         assert result.device.startswith("cpu")
+        assert result.run is not None
+        assert (result.run.phase, result.run.backend, result.run.device) == (result.phase, "cpu", "0")
+        assert (result.run.technique, result.run.memory_format, result.run.tf32) == ("eager", "contiguous", False)
+        assert f"batch={PROFILES['ci'].spec(result.phase).batch}" in result.run.shapes
+    # a CPU-only host runs no separate CPU baseline
+    assert not any(r.baseline for r in results)
+    resolved = [e for _, e in events if isinstance(e, RotationResolved)]
+    assert resolved and resolved[0].backends == ("cpu",) and resolved[0].precisions == ("fp32",)
+
+
+def test_auto_resolves_to_the_cpu_here_with_fp32() -> None:
+    """No GPU on this host: `auto` is the CPU, and `auto` precision on it is fp32."""
+    plan = RotationPlan(profile=PROFILES["ci"], backends=["auto"], phases=["matmul"],
+                        precisions=["auto"], steps=2, in_process=True)
+    runner = RotationRunner(plan)
+    (result,) = runner.run()
+    assert runner.backends == ["cpu"] and runner.precisions == ["fp32"]
+    assert result.precision == "fp32" and result.steps == 2
 
 
 def test_unavailable_mps_falls_back_to_cpu() -> None:
@@ -95,8 +119,8 @@ def test_unavailable_mps_falls_back_to_cpu() -> None:
     assert result.fallback["from"] == "mps" and result.fallback["to"] == "cpu"
     assert result.fallback["reason"] == "unavailable"
     assert "macOS" in result.fallback["detail"]
-    hops = [e for _, e in events if e["type"] == "fallback"]
-    assert [(e["from"], e["to"], e["reason"]) for e in hops] == [("mps", "cpu", "unavailable")]
+    hops = [e for _, e in events if isinstance(e, FallbackTaken)]
+    assert [(e.from_backend, e.to_backend, e.reason) for e in hops] == [("mps", "cpu", "unavailable")]
     assert result.to_dict()["fallback"]["reason"] == "unavailable"
 
 
@@ -130,8 +154,8 @@ def test_failing_backend_moves_phase_to_next(fakes: None, backend: str, precisio
     else:
         # Refused by its probe: nothing ran there.
         assert backend not in by_backend
-        probe = [e for c, e in events if e["type"] == "failure" and c.backend == backend]
-        assert probe and probe[0]["stage"] == "probe" and probe[0]["reason"] == reason
+        probe = [e for c, e in events if isinstance(e, Failure) and c is not None and c.backend == backend]
+        assert probe and probe[0].stage == "probe" and probe[0].reason == reason
 
 
 def test_oom_is_survived_and_later_phases_still_run(fakes: None) -> None:
@@ -152,7 +176,7 @@ def test_numeric_mismatch_is_counted(fakes: None) -> None:
     assert piece.mismatches == piece.checks
     assert piece.max_relative_error == pytest.approx(fb.PERTURBATION, rel=1e-3)
     # The honest backend on the same request: checked as often, never off.
-    honest = run_slice(SliceRequest(**{**request.__dict__, "backend": "cpu"}), in_process=True)
+    honest = run_slice(replace(request, backend="cpu"), in_process=True)
     assert honest.checks == 5 and honest.mismatches == 0
 
     results, _ = run_plan([fb.PerturbingBackend.name, "cpu"])
@@ -165,37 +189,21 @@ def test_numeric_mismatch_is_counted(fakes: None) -> None:
 # --- slice plans -------------------------------------------------------------------------
 
 
-class Recorder:
-    """A slice runner that records what it was asked to run and runs nothing."""
-
-    def __init__(self, barrier: threading.Barrier | None = None) -> None:
-        self.calls: list[tuple[str, float | None, str, int]] = []
-        self.barrier = barrier
-        self._lock = threading.Lock()
-
-    def __call__(self, request: SliceRequest, on_event: Any, stop: threading.Event,
-                 in_process: bool = False) -> SliceResult:
-        with self._lock:
-            self.calls.append((request.backend, request.duration_s, request.precision,
-                               request.warmup_steps))
-        if self.barrier is not None and request.backend != "cpu":
-            # Both lanes of a concurrent round must be in here at once, or this times out.
-            self.barrier.wait(timeout=5)
-        piece = SliceResult(request)
-        piece.absorb({"type": "steps", "durations": [0.1], "seconds": 0.1, "memory": {}})
-        return piece
-
-
-def plan_for(mode: str) -> RotationPlan:
-    profile = get_profile("ci", {"phase_seconds": 4, "slice_seconds": 1,
-                                 "cpu_baseline_seconds": 0.5})
-    return RotationPlan(profile=profile, backends=["plain", "plain2"], phases=["conv"],
-                        precisions=["fp16"], mode=mode)  # type: ignore[arg-type]
+def timed_plan(mode: str, backends: list[str] | None = None) -> RotationPlan:
+    profile = get_profile("ci", {"phase_seconds": 0.4, "slice_seconds": 0.1,
+                                 "cpu_baseline_seconds": 0.1})
+    return RotationPlan(profile=profile, backends=backends or ["plain", "plain2"], phases=["matmul"],
+                        precisions=["fp32"], mode=mode, in_process=True,  # type: ignore[arg-type]
+                        cpu_baseline="before")
 
 
 @pytest.fixture
 def two_plain(monkeypatch: pytest.MonkeyPatch) -> None:
     fb.register(monkeypatch, plain=fb.PlainBackend, plain2=fb.PlainBackend)
+
+
+def started_slices(events: list[tuple[SliceContext | None, RotationEvent]]) -> list[tuple[str, bool]]:
+    return [(c.backend, c.baseline) for c, e in events if c is not None and isinstance(e, SliceStarted)]
 
 
 @pytest.mark.parametrize(
@@ -206,54 +214,86 @@ def two_plain(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_slice_order(two_plain: None, mode: str, order: list[str]) -> None:
-    recorder = Recorder()
-    results = RotationRunner(plan_for(mode), slice_runner=recorder).run()
-    # The CPU baseline comes first, short, in fp32 with one warm-up step.
-    assert recorder.calls[0] == ("cpu", 0.5, "fp32", 1)
-    assert [c[0] for c in recorder.calls[1:]] == order
-    assert all(c[1:] == (1.0, "fp16", PROFILES["ci"].warmup_steps) for c in recorder.calls[1:])
+    events: list[tuple[SliceContext | None, RotationEvent]] = []
+    results = RotationRunner(timed_plan(mode), lambda c, e: events.append((c, e))).run()
+    # The CPU baseline comes first, before the phase starts, in fp32.
+    started = started_slices(events)
+    assert started[0] == ("cpu", True)
+    assert [b for b, _ in started[1:]] == order
+    first_phase = next(i for i, (_, e) in enumerate(events) if isinstance(e, PhaseStarted))
+    baseline_end = next(i for i, (c, e) in enumerate(events)
+                        if isinstance(e, SliceEnded) and c is not None and c.baseline)
+    assert baseline_end < first_phase  # never in the hot hour
     assert [(r.backend, r.slices, r.baseline) for r in results] == [
         ("cpu", 1, True), ("plain", 2, False), ("plain2", 2, False)]
 
 
 def test_concurrent_slices_run_together(two_plain: None) -> None:
-    recorder = Recorder(threading.Barrier(2))
-    started = time.monotonic()
-    results = RotationRunner(plan_for("concurrent"), slice_runner=recorder).run()
-    assert time.monotonic() - started < 5
-    assert recorder.calls[0][0] == "cpu"
-    rest = [c[0] for c in recorder.calls[1:]]
-    # Each lane gets the whole phase (4 slices of 1 s), both lanes in every round.
-    assert len(rest) == 8
-    assert all(sorted(rest[i:i + 2]) == ["plain", "plain2"] for i in range(0, 8, 2))
-    assert [(r.backend, r.slices) for r in results] == [("cpu", 1), ("plain", 4), ("plain2", 4)]
+    events: list[tuple[SliceContext | None, RotationEvent]] = []
+    results = RotationRunner(timed_plan("concurrent"), lambda c, e: events.append((c, e))).run()
+    turns = [(c.backend, e.turn_started) for c, e in events
+             if c is not None and not c.baseline and isinstance(e, SliceStarted)]
+    # Each lane gets the whole phase (4 slices of 0.1 s), both lanes in every round, sharing its start.
+    assert len(turns) == 8
+    for i in range(0, 8, 2):
+        assert sorted(b for b, _ in turns[i:i + 2]) == ["plain", "plain2"]
+        assert turns[i][1] == turns[i + 1][1]
+    assert [(r.backend, r.slices) for r in results if not r.baseline] == [("plain", 4), ("plain2", 4)]
 
 
-def test_slice_plan_shapes() -> None:
-    lanes = [_Lane("cpu", ["cpu"], baseline=True), _Lane("a", ["a"]), _Lane("b", ["b"])]
-    plan = plan_for("alternate")
-    names = [[lane.requested for lane in r] for r in _slice_plan(plan, lanes)]
-    assert names == [["cpu"], ["a"], ["b"], ["a"], ["b"]]
+def test_round_shapes() -> None:
+    lanes = [_Lane("a", ["a"]), _Lane("b", ["b"]), _Lane("c", ["c"], device="0"),
+             _Lane("c", ["c"], device="1")]
+    plan = timed_plan("alternate")
+    names = [[(lane.requested, lane.device) for lane in r] for r in _rounds(plan, lanes[:2])]
+    assert names == [[("a", "0")], [("b", "0")]] * 2
+    # one backend on two devices: both devices in every round, backends alternate
+    names = [[(lane.requested, lane.device) for lane in r] for r in _rounds(plan, [lanes[0], *lanes[2:]])]
+    assert names == [[("a", "0")], [("c", "0"), ("c", "1")]] * 2
     plan.mode = "concurrent"
-    names = [[lane.requested for lane in r] for r in _slice_plan(plan, lanes)]
-    assert names == [["cpu"]] + [["a", "b"]] * 4
-    plan.steps = 5  # a step count: one slice per backend, whatever the mode
-    names = [[lane.requested for lane in r] for r in _slice_plan(plan, lanes)]
-    assert names == [["cpu"], ["a"], ["b"]]
+    assert [len(r) for r in _rounds(plan, lanes)] == [4] * 4
+    plan.steps = 5  # a step count: one round per backend, whatever the mode
+    names = [[lane.requested for lane in r] for r in _rounds(plan, lanes)]
+    assert names == [["a"], ["b"], ["c", "c"]]
 
 
 def test_stop_ends_the_rotation(two_plain: None) -> None:
     stop = threading.Event()
-    recorder = Recorder()
+    events: list[tuple[SliceContext | None, RotationEvent]] = []
 
-    def on_event(context: SliceContext, event: Event) -> None:
-        if event["type"] == "slice_end" and context.backend == "plain":
+    def on_event(context: SliceContext | None, event: RotationEvent) -> None:
+        events.append((context, event))
+        if isinstance(event, SliceEnded) and context is not None and context.backend == "plain":
             stop.set()
 
-    plan = plan_for("alternate")
+    plan = timed_plan("alternate")
     plan.phases = ["matmul", "conv"]
-    RotationRunner(plan, on_event, stop, slice_runner=recorder).run()
-    assert [c[0] for c in recorder.calls] == ["cpu", "plain"]
+    RotationRunner(plan, on_event, stop).run()
+    assert started_slices(events) == [("cpu", True), ("cpu", True), ("plain", False)]
+
+
+def test_cached_baseline_is_reused_and_shapes_are_its_key(two_plain: None, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOAKD_CACHE_DIR", str(tmp_path))
+    plan = timed_plan("alternate", ["plain"])
+    plan.cpu_baseline = "cached"
+    first: list[tuple[SliceContext | None, RotationEvent]] = []
+    RotationRunner(plan, lambda c, e: first.append((c, e))).run()
+    assert started_slices(first)[0] == ("cpu", True)  # measured: nothing cached yet
+    second: list[tuple[SliceContext | None, RotationEvent]] = []
+    results = RotationRunner(plan, lambda c, e: second.append((c, e))).run()
+    assert ("cpu", True) not in started_slices(second)  # reused
+    (reused,) = [e for _, e in second if isinstance(e, BaselineReused)]
+    baseline = results[0]
+    assert baseline.baseline and baseline.cached_baseline is not None
+    assert baseline.steps == reused.record.steps > 0
+    assert summarize(results)[1]["speedup_vs_cpu"] is not None
+    # other shapes are another baseline: measured again
+    plan.profile = get_profile("ci", {"phase_seconds": 0.4, "slice_seconds": 0.1,
+                                      "cpu_baseline_seconds": 0.1, "matmul.n": 96})
+    third: list[tuple[SliceContext | None, RotationEvent]] = []
+    RotationRunner(plan, lambda c, e: third.append((c, e))).run()
+    assert started_slices(third)[0] == ("cpu", True)
 
 
 # --- speedups -----------------------------------------------------------------------------
@@ -284,3 +324,30 @@ def test_speedups() -> None:
     rows = summarize(results)
     assert rows[3]["speedup_vs_cpu"] == pytest.approx(80.0)
     assert rows[1]["flop_per_second"] == pytest.approx(200_000.0)
+
+
+def test_attention_variant_per_backend() -> None:
+    """coreml-ane runs the Neural Engine layout by default, everything else the standard one; a
+    plan can choose per backend, and a profile override applies to every backend."""
+    plan = RotationPlan(profile=PROFILES["ci"], backends=["cpu"], in_process=True)
+    runner = RotationRunner(plan)
+    assert runner._spec("attention", "coreml-ane").variant == "ane"  # type: ignore[union-attr]
+    assert runner._spec("attention", "cpu").variant == "standard"  # type: ignore[union-attr]
+    assert runner._spec("matmul", "coreml-ane") == PROFILES["ci"].matmul
+    plan.variants = {"cpu": "ane", "coreml-ane": "standard"}
+    assert runner._spec("attention", "cpu").variant == "ane"  # type: ignore[union-attr]
+    assert runner._spec("attention", "coreml-ane").variant == "standard"  # type: ignore[union-attr]
+    plan.variants = {}
+    plan.profile = get_profile("ci", {"attention.variant": "ane"})
+    assert runner._spec("attention", "mps").variant == "ane"  # type: ignore[union-attr]
+
+
+def test_the_variant_is_part_of_the_run_label() -> None:
+    plan = RotationPlan(profile=PROFILES["ci"], backends=["cpu"], phases=["attention"], steps=2,
+                        precisions=["fp32"], in_process=True, variants={"cpu": "ane"})
+    (result,) = RotationRunner(plan).run()
+    assert result.run is not None and result.run.variant == "ane" and "variant=ane" in result.run.shapes
+    standard = RotationPlan(profile=PROFILES["ci"], backends=["cpu"], phases=["attention"], steps=2,
+                            precisions=["fp32"], in_process=True)
+    (other,) = RotationRunner(standard).run()
+    assert other.run is not None and other.run.key != result.run.key

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from workloads.backends.base import PreparedWorkload
-from workloads.phases import PROFILES
+from workloads.measure import measure, steps_per_mark
+from workloads.protocol import RunSlice, SliceDone, Steps, Warmup, WorkerEvent
 from workloads.timing import EventClock, StepClock, SyncClock, latency_summary, percentile
-from workloads.worker import Event, SliceRequest, measure
 
 LAUNCH_S = 1e-6  # host cost of queueing one step
 
@@ -105,27 +105,26 @@ class FakeWorkload(PreparedWorkload):
         return torch.zeros(1, dtype=torch.float64)
 
 
-def request(**changes: Any) -> SliceRequest:
-    settings: dict[str, Any] = {"spec": PROFILES["ci"].matmul, "backend": "fake",
-                                "duration_s": None, "max_steps": 12, "warmup_steps": 0,
-                                "check_every": 0, "flush_interval_s": 10.0}
+def request(**changes: Any) -> RunSlice:
+    settings: dict[str, Any] = {"slice_id": 1, "duration_s": None, "max_steps": 12,
+                                "warmup_steps": 0, "check_every": 0, "flush_interval_s": 10.0}
     settings.update(changes)
-    return SliceRequest(**settings)
+    return RunSlice(**settings)
 
 
-def run(workload: FakeWorkload, req: SliceRequest,
-        should_stop: Callable[[], bool] = lambda: False) -> list[Event]:
-    events: list[Event] = []
+def run(workload: FakeWorkload, req: RunSlice,
+        should_stop: Callable[[], bool] = lambda: False) -> list[WorkerEvent]:
+    events: list[WorkerEvent] = []
     measure(workload, req, events.append, should_stop, now=workload.device.now)
     return events
 
 
-def durations(events: list[Event]) -> list[float]:
-    return [d for e in events if e["type"] == "steps" for d in e["durations"]]
+def durations(events: list[WorkerEvent]) -> list[float]:
+    return [d for e in events if isinstance(e, Steps) for d in e.durations]
 
 
-def done(events: list[Event]) -> Event:
-    assert events[-1]["type"] == "done"
+def done(events: list[WorkerEvent]) -> SliceDone:
+    assert isinstance(events[-1], SliceDone)
     return events[-1]
 
 
@@ -158,8 +157,8 @@ def test_measured_durations_are_the_queued_work(clock: Callable[[FakeDevice], St
     events = run(workload, request(max_steps=12))
     expected = queued(workload, 12)
     assert durations(events) == pytest.approx(expected, abs=2 * LAUNCH_S)
-    assert done(events)["steps"] == 12
-    assert done(events)["seconds"] == pytest.approx(sum(expected), abs=1e-4)
+    assert done(events).steps == 12
+    assert done(events).seconds == pytest.approx(sum(expected), abs=1e-4)
 
 
 @pytest.mark.parametrize("clock", [unsynced], ids=["SyncClock-without-sync"])
@@ -172,7 +171,7 @@ def test_clock_that_skips_sync_measures_launches_not_work(
     measured = durations(events)
     assert len(measured) == 12
     assert max(measured) < min(expected) / 100
-    assert done(events)["seconds"] < sum(expected) / 100
+    assert done(events).seconds < sum(expected) / 100
     # ... so the throughput it would report is over 100x too high, and the assertion the
     # real clocks pass fails here.
     with pytest.raises(AssertionError):
@@ -205,7 +204,7 @@ def test_reading_event_times_is_not_counted_as_step_time() -> None:
                             clock=EventClock(fake_torch), device=device, work=lambda i: 0.01)
     events = run(workload, request(max_steps=12))
     assert durations(events) == pytest.approx([0.01] * 12, abs=1e-9)
-    assert done(events)["seconds"] == pytest.approx(0.12, abs=1e-4)
+    assert done(events).seconds == pytest.approx(0.12, abs=1e-4)
 
 
 class SleepingDevice:
@@ -241,31 +240,31 @@ def test_real_time_sleeping_device(skip_sync: bool) -> None:
     clock = SyncClock((lambda: None) if skip_sync else device.sync)
     workload = SleepingWorkload(backend="fake", device_label="fake", precision="fp32",
                                 clock=clock, device=device)
-    events: list[Event] = []
+    events: list[WorkerEvent] = []
     measure(workload, request(max_steps=6), events.append)
     measured = durations(events)
     assert len(measured) == 6
     if skip_sync:  # off by far more than scheduling noise: under half the real work
         assert statistics.median(measured) < 0.01
-        assert done(events)["seconds"] < 0.5 * 6 * 0.02
+        assert done(events).seconds < 0.5 * 6 * 0.02
     else:
         assert min(measured) >= 0.0195
         assert statistics.median(measured) < 0.04
-        assert done(events)["seconds"] >= 6 * 0.0195
+        assert done(events).seconds >= 6 * 0.0195
 
 
 def test_warmup_is_excluded_and_reported_apart() -> None:
     # Step 0 is a 0.5 s "compile"; every other step is 10 ms.
     workload = fake(synced, work=lambda i: 0.5 if i == 0 else 0.01)
     events = run(workload, request(warmup_steps=3, max_steps=10))
-    warmup = next(e for e in events if e["type"] == "warmup")
-    assert warmup["steps"] == 3
-    assert warmup["first_step_seconds"] == pytest.approx(0.5, abs=1e-5)
-    assert warmup["seconds"] == pytest.approx(0.52, abs=1e-4)
-    assert events.index(warmup) < min(i for i, e in enumerate(events) if e["type"] == "steps")
+    warmup = next(e for e in events if isinstance(e, Warmup))
+    assert warmup.steps == 3
+    assert warmup.first_step_seconds == pytest.approx(0.5, abs=1e-5)
+    assert warmup.seconds == pytest.approx(0.52, abs=1e-4)
+    assert events.index(warmup) < min(i for i, e in enumerate(events) if isinstance(e, Steps))
     assert durations(events) == pytest.approx([0.01] * 10, abs=2 * LAUNCH_S)
-    assert done(events)["steps"] == 10
-    assert done(events)["seconds"] == pytest.approx(0.10, abs=1e-4)
+    assert done(events).steps == 10
+    assert done(events).seconds == pytest.approx(0.10, abs=1e-4)
     assert workload.device.launched == 13
 
 
@@ -275,19 +274,19 @@ def test_max_steps_is_honoured_across_segments(duration_s: float | None) -> None
     workload = fake(synced, work=lambda i: 0.01)
     events = run(workload, request(warmup_steps=2, max_steps=7, duration_s=duration_s,
                                    flush_interval_s=0.025))
-    segments = [len(e["durations"]) for e in events if e["type"] == "steps"]
+    segments = [len(e.durations) for e in events if isinstance(e, Steps)]
     assert segments == [3, 3, 1]
-    assert done(events)["steps"] == 7 and not done(events)["stopped"]
+    assert done(events).steps == 7 and not done(events).stopped
     assert workload.device.launched == 2 + 7
 
 
 def test_duration_budget_is_honoured() -> None:
     workload = fake(synced, work=lambda i: 0.03)
     events = run(workload, request(max_steps=None, duration_s=0.5, flush_interval_s=0.25))
-    seconds = done(events)["seconds"]
+    seconds = done(events).seconds
     assert 0.5 <= seconds < 0.5 + 0.03 + 1e-4  # overshoots by less than one step
-    assert done(events)["steps"] == math.ceil(0.5 / 0.03)
-    assert sum(e["seconds"] for e in events if e["type"] == "steps") == pytest.approx(seconds)
+    assert done(events).steps == math.ceil(0.5 / 0.03)
+    assert sum(e.seconds for e in events if isinstance(e, Steps)) == pytest.approx(seconds)
 
 
 def test_stop_ends_after_the_current_step() -> None:
@@ -304,17 +303,17 @@ def test_stop_ends_after_the_current_step() -> None:
     workload.on_step = on_step
     events = run(workload, request(warmup_steps=1, max_steps=None, duration_s=100.0,
                                    flush_interval_s=50.0), should_stop=lambda: stop)
-    assert done(events)["stopped"]
-    assert done(events)["steps"] == 5
+    assert done(events).stopped
+    assert done(events).steps == 5
     assert workload.device.launched == 1 + 5
-    assert done(events)["seconds"] == pytest.approx(0.05, abs=1e-4)
+    assert done(events).seconds == pytest.approx(0.05, abs=1e-4)
 
 
 def test_stop_before_the_first_measured_step() -> None:
     workload = fake(synced)
     events = run(workload, request(warmup_steps=1, max_steps=None, duration_s=100.0),
                  should_stop=lambda: True)
-    assert done(events) == {"type": "done", "steps": 0, "seconds": 0.0, "stopped": True}
+    assert done(events) == SliceDone(slice_id=1, steps=0, seconds=0.0, stopped=True)
     assert workload.device.launched == 1
 
 
@@ -365,15 +364,34 @@ def test_latency_sketch_percentiles_within_one_percent() -> None:
 
 
 def test_short_steps_on_an_asynchronous_clock_share_one_event() -> None:
-    """0.1 ms steps on an event clock are timed in groups (one event per ~1 ms); every step is
-    still counted and the group's average is each step's duration."""
-    from workloads.worker import steps_per_mark
-
+    """0.1 ms steps on an event clock are timed in groups (one event per ~1 ms): every step is
+    counted, and latencies come from the sampled groups timed step by step."""
     workload = fake(events_clock, work=lambda i: 1e-4)
-    events = run(workload, request(max_steps=205, warmup_steps=2))
+    events = run(workload, request(max_steps=2005, warmup_steps=2))
     measured = durations(events)
-    assert len(measured) == 205 and done(events)["steps"] == 205
-    assert measured == pytest.approx([1e-4] * 205, rel=0.05)
+    assert done(events).steps == 2005 == sum(e.steps for e in events if isinstance(e, Steps))
+    assert all(e.sampled for e in events if isinstance(e, Steps))
+    # 201 groups of 10 (the last one 5): groups 0, 16, 32, ... are timed step by step
+    assert len(measured) == 13 * 10
+    assert measured == pytest.approx([1e-4] * len(measured), rel=0.05)
+    assert done(events).seconds == pytest.approx(2005 * 1e-4, rel=0.01)
     assert steps_per_mark(workload.clock, 1e-4) == 10
     assert steps_per_mark(workload.clock, 5e-3) == 1
     assert steps_per_mark(SyncClock(lambda: None), 1e-4) == 1  # synchronous clocks time every step
+
+
+def test_grouped_steps_still_measure_the_tail() -> None:
+    """2% of 0.1 ms steps stall for 10 ms. Group means would report p99 and max near 1.2 ms; the
+    step-by-step sample reports the stalls themselves."""
+    import random
+
+    rng = random.Random(3)
+    stalls = {i for i in range(100_000) if rng.random() < 0.02}
+    workload = fake(events_clock, work=lambda i: 10e-3 if i in stalls else 1e-4)
+    events = run(workload, request(max_steps=40_000, warmup_steps=2, flush_interval_s=0.25))
+    summary = latency_summary(durations(events))
+    assert summary["p99"] == pytest.approx(10e-3, rel=0.01)
+    assert summary["max"] == pytest.approx(10e-3, rel=0.01)
+    assert summary["p50"] == pytest.approx(1e-4, rel=0.05)
+    assert len(durations(events)) >= 40_000 / 16 * 0.9  # a 1-in-16 sample of the steps
+    assert workload.device.launched == 40_002

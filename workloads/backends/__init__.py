@@ -14,6 +14,7 @@ from workloads.backends.base import (
     BackendFailure,
     PreparedWorkload,
 )
+from workloads.protocol import ProbeResult
 
 TORCH_BACKENDS: tuple[str, ...] = ("cpu", "cuda", "mps")
 COREML_BACKENDS: tuple[str, ...] = ("coreml-ane", "coreml-gpu", "coreml-cpu", "coreml-all")
@@ -29,10 +30,14 @@ __all__ = [
     "BackendFailure",
     "PreparedWorkload",
     "auto_backends",
+    "auto_candidates",
+    "default_precisions",
     "fallback_chain",
     "get_backend",
     "is_apple_silicon",
     "parse_backends",
+    "parse_precisions",
+    "resolve_backends",
 ]
 
 
@@ -63,14 +68,21 @@ def get_backend(name: str) -> Backend:
 EXTRA_BACKENDS_ENV = "SOAKD_EXTRA_BACKENDS"
 
 
-def _extra_backend(name: str) -> type[Backend] | None:
+def _extra_backend_target(name: str) -> str | None:
     for entry in os.environ.get(EXTRA_BACKENDS_ENV, "").split(","):
         key, _, target = entry.strip().partition("=")
         if key == name and target:
-            module, _, attr = target.partition(":")
-            cls: type[Backend] = getattr(importlib.import_module(module), attr)
-            return cls
+            return target
     return None
+
+
+def _extra_backend(name: str) -> type[Backend] | None:
+    target = _extra_backend_target(name)
+    if target is None:
+        return None
+    module, _, attr = target.partition(":")
+    cls: type[Backend] = getattr(importlib.import_module(module), attr)
+    return cls
 
 
 def fallback_chain(name: str) -> list[str]:
@@ -83,49 +95,70 @@ def fallback_chain(name: str) -> list[str]:
 
 
 def is_apple_silicon() -> bool:
+    """A Mac with an Apple chip (Metal and the Neural Engine)."""
     return sys.platform == "darwin" and platform.machine() == "arm64"
 
 
-def auto_backends() -> list[str]:
-    """Apple Silicon: mps against coreml-ane; an NVIDIA GPU: cuda; otherwise the CPU."""
+def auto_candidates() -> tuple[str, ...]:
+    """The backends `auto` may pick, to be probed (in a worker) before choosing."""
+    return ("mps", "coreml-ane") if is_apple_silicon() else ("cuda",)
+
+
+def auto_backends(probe: ProbeResult) -> list[str]:
+    """Apple Silicon: mps against coreml-ane; an NVIDIA GPU: cuda; otherwise the CPU.
+
+    `probe` is a worker's answer (workloads.process.probe) for at least `auto_candidates()`.
+    """
     if is_apple_silicon():
         return ["mps", "coreml-ane"]
-    if get_backend("cuda").available().ok:
+    cuda = probe.backends.get("cuda")
+    if cuda is not None and cuda.available.ok and cuda.devices:
         return ["cuda"]
     return ["cpu"]
 
 
 def parse_backends(text: str) -> list[str]:
-    """A comma list of backend names or `auto`; raises ValueError naming the bad entry."""
+    """A comma list of backend names or `auto`, checked (torch-free; `auto` is kept as the word
+    `auto`: `resolve_backends` expands it); ValueError names the bad entry."""
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
         raise ValueError("no backend given")
     out: list[str] = []
+    for item in names:
+        if item != "auto" and item not in BACKEND_NAMES and _extra_backend_target(item) is None:
+            raise ValueError(f"unknown backend {item!r} (choose from {', '.join(BACKEND_NAMES)}, auto)")
+        if item not in out:
+            out.append(item)
+    return out
+
+
+def resolve_backends(names: list[str], probe: ProbeResult) -> list[str]:
+    """`names` with `auto` replaced by what it picks on this host (duplicates dropped)."""
+    out: list[str] = []
     for name in names:
-        expanded = auto_backends() if name == "auto" else [name]
-        for item in expanded:
-            if item not in BACKEND_NAMES:
-                raise ValueError(
-                    f"unknown backend {item!r} (choose from {', '.join(BACKEND_NAMES)}, auto)"
-                )
+        for item in auto_backends(probe) if name == "auto" else [name]:
             if item not in out:
                 out.append(item)
     return out
 
 
 def default_precisions(backends: list[str]) -> list[str]:
-    """fp16 when a Core ML backend is in the comparison (the ANE runs FP16 only, and Metal is
-    compared like for like), fp32 otherwise."""
+    """`auto` precision: bf16 when CUDA runs (the tensor cores ML work uses), fp16 when a Core
+    ML backend is compared (the Neural Engine is FP16 only, and Metal is compared like for
+    like), fp32 otherwise."""
+    if "cuda" in backends:
+        return ["bf16"]
     return ["fp16"] if any(name in COREML_BACKENDS for name in backends) else ["fp32"]
 
 
-def parse_precisions(text: str, backends: list[str]) -> list[str]:
-    """A comma list of precisions or `auto` (see `default_precisions`); ValueError names a bad one."""
+def parse_precisions(text: str, backends: list[str] | None = None) -> list[str]:
+    """A comma list of precisions or `auto`; `auto` expands with `default_precisions(backends)`
+    when `backends` is given (else it stays `auto`); ValueError names a bad one."""
     out: list[str] = []
     for item in (part.strip() for part in text.split(",") if part.strip()):
-        expanded = default_precisions(backends) if item == "auto" else [item]
+        expanded = default_precisions(backends) if item == "auto" and backends is not None else [item]
         for precision in expanded:
-            if precision not in PRECISIONS:
+            if precision not in PRECISIONS and precision != "auto":
                 raise ValueError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)}, auto)")
             if precision not in out:
                 out.append(precision)

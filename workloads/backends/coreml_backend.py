@@ -6,9 +6,12 @@ compiled to an `.mlmodelc` at a fixed cache path and loaded with
 compile cache by that path, so only the first load of a path is a "cold compile".
 
 Which compute units a backend *allows* is not where the work *runs*: the name `coreml-ane`
-means CPU_AND_NE, nothing more. Where macOS 14.4+ provides `MLComputePlan`, the share of
-the model's estimated cost that Core ML places on the Neural Engine, GPU and CPU is
-reported; elsewhere placement is "unknown".
+means CPU_AND_NE, nothing more. Where macOS 14.4+ provides `MLComputePlan`, each op's
+preferred device and share of the estimated cost is stored beside the compiled model
+(`workloads.placement.ComputePlacement`), and the share of the model's estimated cost that
+Core ML places on the Neural Engine, GPU and CPU is reported in the slice's info; for the
+attention phase, for both layout variants (the other one is converted to read its plan).
+Elsewhere placement is "unknown".
 
 Prediction goes through the tiny `Predictor` protocol (`predict(dict) -> dict`), which
 `CompiledMLModel` satisfies, so the bookkeeping around it runs on Linux with a stand-in.
@@ -17,11 +20,12 @@ Importing this module never imports coremltools.
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,9 +33,17 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from workloads.backends.base import Availability, Backend, BackendFailure, PreparedWorkload
+from workloads.backends.base import (
+    Availability,
+    Backend,
+    BackendFailure,
+    PreparedWorkload,
+    PrepareOptions,
+)
+from workloads.cache import atomic_write
 from workloads.coreml_convert import (
     DEPLOYMENT_TARGET,
+    PLANS_DIR,
     CachedModel,
     Compiler,
     compile_package,
@@ -41,7 +53,9 @@ from workloads.coreml_convert import (
     record_load,
 )
 from workloads.models import build
-from workloads.phases import PhaseSpec
+from workloads.phases import ATTENTION_VARIANTS, AttentionSpec, PhaseSpec
+from workloads.placement import PLAN_SOURCE, ComputePlacement, OpPlacement
+from workloads.protocol import RunConfig
 from workloads.timing import SyncClock
 
 MIN_MACOS: tuple[int, int] = (13, 0)
@@ -134,6 +148,8 @@ def load_compiled_model(path: Path, compute_units: str) -> Predictor:
 # ---------------------------------------------------------------------------------------------
 # MLComputePlan: where Core ML plans to run each operation, weighted by its estimated cost.
 
+PlanLoader = Callable[[Path, str], Any]
+
 
 def _device_kind(device: Any) -> str:
     """"ane" / "gpu" / "cpu" for a coremltools MLComputeDevice, "other" if unrecognised."""
@@ -154,12 +170,13 @@ def _operations(block: Any) -> Iterator[Any]:
             yield from _operations(inner)
 
 
-def summarize_compute_plan(plan: Any) -> dict[str, Any]:
-    """Sum each operation's estimated cost by its preferred device.
+def read_compute_plan(plan: Any, phase: str, variant: str, compute_units: str,
+                      os_version: str) -> ComputePlacement:
+    """Every operation of `plan`'s main function with its preferred device and cost share.
 
-    Returns {"fractions": {"ane", "gpu", "cpu"}, "ops": counts per device,
-    "unattributed": share of cost with no device usage}; fractions are of the total
-    estimated cost. Raises ValueError when the plan holds no ML Program.
+    `plan` has the shape of coremltools' `MLComputePlan` (model_structure.program.functions,
+    get_compute_device_usage_for_mlprogram_operation, get_estimated_cost_for_mlprogram_operation).
+    Raises ValueError when the plan holds no ML Program, no 'main' function, or no cost.
     """
     program = plan.model_structure.program
     if program is None:
@@ -167,28 +184,23 @@ def summarize_compute_plan(plan: Any) -> dict[str, Any]:
     functions = program.functions
     if "main" not in functions:
         raise ValueError("the ML Program has no 'main' function")
-    weights = {"ane": 0.0, "gpu": 0.0, "cpu": 0.0, "other": 0.0}
-    ops = {"ane": 0, "gpu": 0, "cpu": 0, "other": 0, "no_usage": 0}
-    unattributed = 0.0
+    ops: list[OpPlacement] = []
     for operation in _operations(functions["main"].block):
         usage = plan.get_compute_device_usage_for_mlprogram_operation(operation)
         cost = plan.get_estimated_cost_for_mlprogram_operation(operation)
-        weight = float(cost.weight) if cost is not None else 0.0
-        if usage is None:
-            ops["no_usage"] += 1
-            unattributed += weight
-            continue
-        kind = _device_kind(usage.preferred_compute_device)
-        ops[kind] += 1
-        weights[kind] += weight
-    total = sum(weights.values()) + unattributed
-    if total <= 0:
-        raise ValueError("the compute plan gives no operation a cost")
-    return {
-        "fractions": {k: weights[k] / total for k in ("ane", "gpu", "cpu")},
-        "ops": ops,
-        "unattributed": (unattributed + weights["other"]) / total,
-    }
+        outputs = list(getattr(operation, "outputs", None) or ())
+        ops.append(OpPlacement(
+            operator=str(getattr(operation, "operator_name", "")),
+            output=str(outputs[0].name) if outputs else "",
+            preferred=None if usage is None else _device_kind(usage.preferred_compute_device),
+            supported=() if usage is None else tuple(
+                _device_kind(device) for device in usage.supported_compute_devices),
+            cost=None if cost is None else float(cost.weight),
+        ))
+    placement = ComputePlacement(phase=phase, variant=variant, compute_units=compute_units,
+                                 os_version=os_version, ops=tuple(ops))
+    placement.summary()  # raises ValueError when no operation has a cost
+    return placement
 
 
 def _host_macos() -> tuple[int, ...] | None:
@@ -196,38 +208,115 @@ def _host_macos() -> tuple[int, ...] | None:
     return macos_version() if sys.platform == "darwin" else None
 
 
-def compute_plan_placement(path: Path, compute_units: str) -> dict[str, Any]:
-    """Info entries describing placement: `compute_plan` is fractions or "unknown" (+ reason)."""
+def compute_plan_availability() -> Availability:
+    """Whether MLComputePlan can be read here (macOS 14.4+ and coremltools 8.0+)."""
     version = _host_macos()
     if version is None:
-        return {"compute_plan": "unknown",
-                "compute_plan_reason": f"MLComputePlan needs macOS 14.4+ "
-                                       f"(this is {platform.system()})"}
+        return Availability.no(f"MLComputePlan needs macOS 14.4+ (this is {platform.system()})")
     if version < COMPUTE_PLAN_MACOS:
-        return {"compute_plan": "unknown",
-                "compute_plan_reason": f"MLComputePlan needs macOS 14.4+ "
-                                       f"(this is macOS {_fmt_version(version)})"}
+        return Availability.no(f"MLComputePlan needs macOS 14.4+ "
+                               f"(this is macOS {_fmt_version(version)})")
     try:
-        import coremltools as ct
-        from coremltools.models.compute_plan import MLComputePlan
+        from coremltools.models.compute_plan import MLComputePlan  # noqa: F401
     except Exception as exc:
-        return {"compute_plan": "unknown",
-                "compute_plan_reason": f"this coremltools has no MLComputePlan (needs 8.0+): {exc}"}
+        return Availability.no(f"this coremltools has no MLComputePlan (needs 8.0+): {exc}")
+    return Availability.yes()
+
+
+def load_compute_plan(compiled: Path, compute_units: str) -> Any:
+    """coremltools' MLComputePlan of an `.mlmodelc` for these compute units (macOS 14.4+)."""
+    import coremltools as ct
+    from coremltools.models.compute_plan import MLComputePlan
+
+    return MLComputePlan.load_from_path(
+        path=str(compiled), compute_units=ct.ComputeUnit[check_compute_units(compute_units)])
+
+
+def plan_path(compiled: Path, compute_units: str) -> Path:
+    """Where the plan of `compiled` for these compute units on this macOS is stored."""
+    version = _fmt_version(_host_macos() or ())
+    return compiled.parent / PLANS_DIR / f"{compute_units}-macos{version}.json"
+
+
+def stored_placement(compiled: Path, compute_units: str, phase: str, variant: str,
+                     loader: PlanLoader | None = None) -> ComputePlacement:
+    """The compute plan of `compiled`, from its stored JSON when there is one for this macOS,
+    else read with `loader` (default: MLComputePlan) and stored beside the compiled model.
+
+    Loading a plan makes Core ML compile the model for its devices (seconds to minutes at
+    the heavy shapes), so it is done once per compiled model, compute units and macOS
+    version. Raises what the loader raises, and ValueError for a plan without costs.
+    """
+    path = plan_path(compiled, compute_units)
     try:
-        plan = MLComputePlan.load_from_path(
-            path=str(path), compute_units=ct.ComputeUnit[check_compute_units(compute_units)])
-        summary = summarize_compute_plan(plan)
+        stored = ComputePlacement.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        if (stored.phase, stored.variant, stored.compute_units) == (phase, variant, compute_units):
+            return stored
+    except (OSError, KeyError, TypeError, ValueError):
+        pass  # absent or unreadable: read the plan again
+    plan = (loader or load_compute_plan)(compiled, compute_units)
+    placement = read_compute_plan(plan, phase, variant, compute_units,
+                                  _fmt_version(_host_macos() or ()))
+    text = json.dumps(placement.to_dict(), indent=1)
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8")
+
+    atomic_write(path, write)
+    return placement
+
+
+def compute_plan_placement(path: Path, compute_units: str, phase: str = "",
+                           variant: str = "standard") -> dict[str, Any]:
+    """Info entries describing placement of the compiled model at `path`.
+
+    `compute_plan` is the ANE/GPU/CPU shares of the estimated cost, or "unknown" with
+    `compute_plan_reason`; `compute_plan_file` the stored per-op plan (workloads.placement).
+    """
+    availability = compute_plan_availability()
+    if not availability.ok:
+        return {"compute_plan": "unknown", "compute_plan_reason": availability.reason}
+    try:
+        summary = stored_placement(path, compute_units, phase, variant).summary()
     except Exception as exc:
         return {"compute_plan": "unknown",
                 "compute_plan_reason": f"MLComputePlan failed: {type(exc).__name__}: {exc}"}
     out: dict[str, Any] = {
-        "compute_plan": summary["fractions"],
-        "compute_plan_ops": summary["ops"],
-        "compute_plan_source": "MLComputePlan estimated cost per op, by preferred device "
-                               "(an estimate, not a measurement)",
+        "compute_plan": summary.shares,
+        "compute_plan_ops": summary.ops,
+        "compute_plan_source": PLAN_SOURCE,
+        "compute_plan_file": str(plan_path(path, compute_units)),
+        "compute_plan_variants": {variant: summary.to_dict()},
     }
-    if summary["unattributed"] > 0:
-        out["compute_plan_unattributed"] = summary["unattributed"]
+    if summary.unattributed > 0:
+        out["compute_plan_unattributed"] = summary.unattributed
+    return out
+
+
+def sibling_placements(spec: PhaseSpec, precision: str, seed: int, compute_units: str,
+                       compiler: Compiler) -> dict[str, Any]:
+    """Placement summaries of the attention variants other than `spec`'s, converted and
+    compiled (or taken from the cache) to read their compute plans: the evidence that
+    compares the layouts on this Mac. Info entries: `compute_plan_variants` (variant ->
+    PlacementSummary dict) and `compute_plan_variants_reason` (variant -> why not)."""
+    if not isinstance(spec, AttentionSpec):
+        return {}
+    placed: dict[str, Any] = {}
+    reasons: dict[str, str] = {}
+    for variant in ATTENTION_VARIANTS:
+        if variant == spec.variant:
+            continue
+        try:
+            model = ensure_model(replace(spec, variant=variant), precision, seed)
+            compiled = ensure_compiled(model, compiler)
+            summary = stored_placement(compiled.path, compute_units, spec.name, variant).summary()
+        except Exception as exc:
+            reasons[variant] = f"{type(exc).__name__}: {exc}"
+            continue
+        placed[variant] = summary.to_dict()
+    out: dict[str, Any] = {"compute_plan_variants": placed}
+    if reasons:
+        out["compute_plan_variants_reason"] = reasons
     return out
 
 
@@ -237,7 +326,6 @@ def placement_label(info: dict[str, Any]) -> str:
         shares = ", ".join(f"{k} {100 * float(v):.0f}%" for k, v in plan.items())
         return f"planned placement {shares} (MLComputePlan estimate)"
     return "placement unknown"
-
 
 # ---------------------------------------------------------------------------------------------
 
@@ -305,7 +393,10 @@ class CoreMLBackend(Backend):
             return Availability.no(FP32_ON_NE)
         return Availability.yes()
 
-    def prepare(self, spec: PhaseSpec, precision: str, seed: int) -> PreparedWorkload:
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int,
+                options: PrepareOptions | None = None) -> PreparedWorkload:
+        """Convert (or take from the cache), compile and load the phase; `options` do not apply
+        (Core ML decides placement and layout itself)."""
         availability = self.available()
         if not availability.ok:
             raise BackendFailure("unavailable", availability.reason)
@@ -336,23 +427,40 @@ class CoreMLBackend(Backend):
         record_load(compiled.path, units, load_seconds)
         info = self._info(model, compiled.path, compiled.compile_seconds, compiled.compiled_now,
                           load_seconds, cold)
-        info.update(compute_plan_placement(compiled.path, units))
+        info.update(self._placement(spec, precision, seed, model, compiled.path,
+                                    compiler or compile_package))
         return CoreMLWorkload(
             backend=self.name,
             device_label=f"Core ML {units} (macOS {_fmt_version(macos_version())}; "
                          f"{placement_label(info)})",
             precision=precision,
             clock=SyncClock(lambda: None),  # predict() returns when its outputs are ready
+            spec=spec,
+            run=RunConfig.for_spec(spec, self.name, precision, technique="coreml"),
             info=info,
             predictor=predictor,
             inputs=input_buffers(spec, seed),
             output_name=model.output_name,
         )
 
+    def _placement(self, spec: PhaseSpec, precision: str, seed: int, model: CachedModel,
+                   compiled: Path, compiler: Compiler) -> dict[str, Any]:
+        """Placement info of the loaded model, plus the other attention variants' where
+        MLComputePlan works (their conversion and compile, once, count in this prepare)."""
+        info = compute_plan_placement(compiled, self.compute_units, spec.name, model.variant)
+        if isinstance(info.get("compute_plan"), dict) and isinstance(spec, AttentionSpec):
+            t0 = time.perf_counter()
+            siblings = sibling_placements(spec, precision, seed, self.compute_units, compiler)
+            info["compute_plan_variants"].update(siblings.pop("compute_plan_variants"))
+            info.update(siblings)
+            info["compute_plan_variants_seconds"] = time.perf_counter() - t0
+        return info
+
     def _info(self, model: CachedModel, compiled: Path, compile_seconds: float,
               compiled_now: bool, load_seconds: float, cold: bool) -> dict[str, Any]:
         info: dict[str, Any] = {
             "compute_units": self.compute_units,
+            "variant": model.variant,
             "model_precision": model.precision,
             "io_dtype": model.io_dtype,  # the model's inputs and outputs
             "input_buffer_dtype": INPUT_BUFFER_DTYPE,  # what predict() is handed

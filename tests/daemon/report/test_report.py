@@ -15,6 +15,7 @@ from cli_helpers import run_main
 from daemon_process import REPO, Daemon, write_config
 
 from daemon.journal import Journal
+from daemon.records import SliceRow
 from daemon.report import (
     INSTALL_HINT,
     Lane,
@@ -111,7 +112,9 @@ def real_journals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             config = write_config(base / f"{name}.toml")
             if name == "pair":
                 text = config.read_text(encoding="utf-8")
-                config.write_text(text.replace('backends = "cpu"', 'backends = "cuda"'), encoding="utf-8")
+                # the baseline measured in this rotation (not one cached by an earlier run)
+                text = text.replace('backends = "cpu"', 'backends = "cuda"\ncpu_baseline = "before"')
+                config.write_text(text, encoding="utf-8")
             daemons[name] = Daemon(base / name, config)
         for process in daemons.values():
             process.wait_ready()
@@ -175,12 +178,12 @@ RECENT = NOW - 3600  # rotation 2, the last finished one
 
 def _slice(phase: str, requested: str, backend: str, start: float, flop: float, seconds: float, steps: int,
            energy: dict[str, float] | None = None, precision: str = "fp16", baseline: bool = False,
-           **extra: Any) -> dict[str, Any]:
-    return {"phase": phase, "requested_backend": requested, "backend": backend, "precision": precision,
+           **extra: Any) -> SliceRow:
+    return SliceRow(**{"phase": phase, "requested_backend": requested, "backend": backend, "precision": precision,
             "baseline": int(baseline), "started_at": start, "ended_at": start + seconds + 0.5, "steps": steps,
             "seconds": seconds, "flop": flop, "energy_joules": energy or {},
             "thermal_seconds": {"nominal": seconds}, "checks": 2, "mismatches": 0,
-            "fallback": {"from": requested, "to": backend} if requested != backend else None, **extra}
+            "fallback": {"from": requested, "to": backend} if requested != backend else None, **extra})
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ which profile each figure is from (issue 10 item 7: `report --since 24h` showed 
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import time
 from contextlib import closing
 from pathlib import Path
@@ -17,6 +15,7 @@ from test_report import _slice, parse_page
 
 from daemon.journal import Journal
 from daemon.report import Lane, Workload, add_speedups, choose_pair, lane_stats, select, write_report
+from workloads.protocol import RunConfig
 
 NOW = time.time()
 CPU = Lane("cpu", "cpu", "fp32")
@@ -68,32 +67,58 @@ def test_report_since_24h_names_each_profile_and_shows_no_false_alarm(
     assert "profiles ci, heavy" in text
 
 
-def _add_run_column(path: Path, runs: dict[int, dict[str, Any]]) -> None:
-    """What the integrator's journal will have: a JSON column `run` per slice."""
-    with closing(sqlite3.connect(path)) as db, db:
-        db.execute("ALTER TABLE slices ADD COLUMN run TEXT")
-        for slice_id, run in runs.items():
-            db.execute("UPDATE slices SET run=? WHERE id=?", (json.dumps(run), slice_id))
+def _run(backend: str, technique: str = "eager", phase: str = "matmul", variant: str = "standard",
+         shapes: str = "batch=4 n=2048") -> dict[str, Any]:
+    """What the journal's run_key and run columns hold (workloads.protocol.RunConfig)."""
+    run = RunConfig(phase=phase, backend=backend, device="0", precision="fp32",
+                    shapes=f"{shapes} variant={variant}" if phase == "attention" else shapes,
+                    technique=technique, variant=variant)
+    return {"run_key": run.key, "run": run.to_dict()}
 
 
 def test_the_run_key_keeps_run_configurations_apart(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite3"
+    eager, graph = _run("cuda"), _run("cuda", technique="cuda_graph")
     with closing(Journal(path)) as journal:
-        _rotation(journal, "heavy", NOW - 600, [10.0, 30.0, 11.0, 31.0])  # eager, graph, eager, graph
-    shapes = {"x": [8, 1024, 512]}
-    eager = {"run_key": "e1", "shapes": shapes, "technique": "eager"}
-    graph = {"run_key": "g1", "shapes": shapes, "technique": "graph"}
-    _add_run_column(path, {1: eager, 2: graph, 3: eager, 4: graph})
+        rotation = journal.start_rotation("heavy", "schedule", "cuda", started_at=NOW - 600)
+        for i, (rate, run) in enumerate(((10.0, eager), (30.0, graph), (11.0, eager), (31.0, graph))):
+            journal.add_slice(rotation, _slice("matmul", "cuda", "cuda", NOW - 599 + 2 * i, rate * 1e12, 1.0, 10,
+                                               precision="fp32", **run))
+        journal.end_rotation(rotation, "completed", ended_at=NOW - 590)
     with closing(Journal(path, readonly=True)) as journal:
         selection = select(journal, rotation=1)
     stats = lane_stats(selection.slices)
-    workload = Workload("heavy", "matmul", '{"x":[8,1024,512]}')
-    eager_lane, graph_lane = Lane("cpu", "cpu", "fp32", run_key="e1"), Lane("cpu", "cpu", "fp32", run_key="g1")
+    workload = Workload("heavy", "matmul", "batch=4 n=2048")
+    eager_lane = Lane("cuda", "cuda", "fp32", run_key=eager["run_key"])
+    graph_lane = Lane("cuda", "cuda", "fp32", run_key=graph["run_key"])
     assert set(stats) == {(workload, eager_lane), (workload, graph_lane)}
     # each configuration against itself, not eager's 11 over graph's 30
     assert stats[(workload, eager_lane)].sustained_ratio == pytest.approx(1.1)
     assert stats[(workload, graph_lane)].sustained_ratio == pytest.approx(31 / 30)
-    assert graph_lane.label(show_run=True) == "cpu [g1]"
+    labels = {lane.label(show_run=True) for _, lane in stats}
+    assert labels == {"cuda", "cuda [cuda_graph]"}  # what differs from the defaults, not a digest
+
+
+def test_the_ane_layout_is_the_same_workload_as_metal(tmp_path: Path) -> None:
+    """The ANE attention variant computes the same function at the same FLOP: Metal and the
+    Neural Engine stay side by side, the variant only in the lane."""
+    path = tmp_path / "journal.sqlite3"
+    with closing(Journal(path)) as journal:
+        rotation = journal.start_rotation("heavy", "schedule", "mps,coreml-ane", started_at=NOW - 600)
+        journal.add_slice(rotation, _slice("attention", "mps", "mps", NOW - 599, 8e12, 1.0, 10, precision="fp32",
+                                           **_run("mps", phase="attention")))
+        journal.add_slice(rotation, _slice("attention", "coreml-ane", "coreml-ane", NOW - 597, 4e12, 1.0, 10,
+                                           precision="fp32", **_run("coreml-ane", phase="attention", variant="ane")))
+        journal.end_rotation(rotation, "completed", ended_at=NOW - 590)
+    with closing(Journal(path, readonly=True)) as journal:
+        stats = lane_stats(select(journal, rotation=1).slices)
+    assert {w for w, _ in stats} == {Workload("heavy", "attention", "batch=4 n=2048")}
+    lanes = [lane for _, lane in stats]
+    pair = choose_pair(lanes)
+    add_speedups(stats, pair)
+    assert [lane.backend for lane in pair] == ["mps", "coreml-ane"]
+    ane = next(s for (_, lane), s in stats.items() if lane.backend == "coreml-ane")
+    assert ane.speedup == pytest.approx(0.5) and ane.lane.run_label == "ane"
 
 
 def test_shapes_from_info_keep_overridden_sizes_apart(tmp_path: Path) -> None:
