@@ -74,7 +74,7 @@ class Naming:
         lanes = ordered(lane for _, lane in keys)
         workloads = ordered(w for w, _ in keys)
         return cls(
-            show_precision=len({(x.requested, x.backend, x.baseline, x.run_key) for x in lanes}) < len(lanes),
+            show_precision=len({(x.requested, x.backend, x.baseline, x.run) for x in lanes}) < len(lanes),
             show_run=len({(x.requested, x.backend, x.baseline, x.precision) for x in lanes}) < len(lanes),
             show_shapes=len({(w.profile, w.phase) for w in workloads}) < len(workloads),
         )

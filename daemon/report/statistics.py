@@ -8,10 +8,12 @@ Definitions (checked by tests/daemon/report/):
   (journal column `run`, workloads.protocol.RunConfig: `shapes`) where the journal has it,
   else from its `info` (`shapes`); a journal with neither tells workloads apart by profile;
 - a *lane* is one (requested backend, backend it ran on, precision, CPU baseline or not, run
-  configuration): the run configuration is the slice's `run_key` (journal column; it digests
-  device, technique eager/cuda_graph, memory format, variant, tf32 and the rest), empty where
-  the journal has none. Two slices are compared over time only within one run_key. A lane
-  whose requested backend differs from where it ran is labelled "requested→ran on";
+  configuration): the run configuration is the slice's `run` record apart from what the
+  workload and the lane already say (phase, shapes, backend, precision): device, technique
+  (eager, cuda_graph), memory format, variant, tf32 and any field added later; empty where the
+  journal has none. So a workload×lane holds exactly the slices of one `run_key` (the
+  record's digest) of one profile: a figure over time never mixes two run configurations. A
+  lane whose requested backend differs from where it ran is labelled "requested→ran on";
 - throughput of a slice is its FLOP over its measured seconds (warm-up excluded); of a
   workload×lane, total FLOP over total measured seconds (FLOP/s);
 - the sustained ratio of a slice is its throughput over the first slice's of the same
@@ -53,32 +55,47 @@ class Workload:
         return f"{text} · shapes {self.shapes}" if show_shapes and self.shapes else text
 
 
-# RunConfig fields worth naming in a label when they differ from these defaults
+# Run-record fields the workload or the lane already carries, and the record's digest.
+_RUN_ELSEWHERE = frozenset({"phase", "shapes", "backend", "precision", "key", "run_key"})
+# Defaults of workloads.protocol.RunConfig: a lane on them is named by its backend alone.
 _RUN_DEFAULTS = {"device": "0", "technique": "eager", "memory_format": "contiguous", "variant": "standard",
                  "tf32": False}
+
+
+def run_configuration(run: Mapping[str, Any]) -> str:
+    """The run record's fields beyond phase, shapes, backend and precision, as a short label
+    that is empty on the defaults: "device 1 · cuda_graph · channels_last · ane · tf32"
+    (fields unknown here are shown as name=value, so a new field still tells lanes apart)."""
+    words = []
+    for name in (*_RUN_DEFAULTS, *sorted(set(run) - set(_RUN_DEFAULTS) - _RUN_ELSEWHERE)):
+        if name not in run or run[name] == _RUN_DEFAULTS.get(name, object()):
+            continue
+        value = run[name]
+        words.append(f"device {value}" if name == "device" else "tf32" if name == "tf32" and value is True
+                     else str(value) if name in _RUN_DEFAULTS else f"{name}={value}")
+    return " · ".join(words)
 
 
 @dataclass(frozen=True)
 class Lane:
     """Where a series of slices was asked to run, where it ran, in which precision and run
-    configuration (`run_key`, "" where the journal has none; `run_label` names what is not
-    the default in it, e.g. "device 1 · cuda_graph", and is not part of the lane's identity)."""
+    configuration (`run`, see run_configuration; "" on the defaults or where the journal has
+    no run record)."""
 
     requested: str
     backend: str
     precision: str
     baseline: bool = False
-    run_key: str = ""
-    run_label: str = field(default="", compare=False)
+    run: str = ""
 
     def label(self, show_precision: bool = False, show_run: bool = False) -> str:
         """"cuda", "coreml-ane→mps", "cpu fp32 (baseline)", "cuda [cuda_graph]" as needed to
-        tell the selection's lanes apart."""
+        tell the selection's lanes apart (the lane on the defaults stays unmarked)."""
         name = self.backend if self.requested == self.backend else f"{self.requested}→{self.backend}"
         if show_precision:
             name += f" {self.precision}"
-        if show_run and self.run_label:  # the lane on the defaults stays unmarked
-            name += f" [{self.run_label}]"
+        if show_run and self.run:
+            name += f" [{self.run}]"
         return name + (" (baseline)" if self.baseline else "")
 
 
@@ -122,12 +139,9 @@ def workload_of(row: Mapping[str, Any]) -> Workload:
 
 
 def lane_of(row: Mapping[str, Any]) -> Lane:
-    """A slice row's lane, with its `run_key` (column, else the run record's `key`)."""
-    run = _run(row)
-    run_key = str(row.get("run_key") or run.get("key") or run.get("run_key") or "")
-    label = " · ".join(f"{name} {run[name]}" if name == "device" else ("tf32" if name == "tf32" else str(run[name]))
-                       for name, default in _RUN_DEFAULTS.items() if name in run and run[name] != default)
-    return Lane(row["requested_backend"], row["backend"], row["precision"], bool(row["baseline"]), run_key, label)
+    """A slice row's lane, with the run configuration of its run record (column `run`)."""
+    return Lane(row["requested_backend"], row["backend"], row["precision"], bool(row["baseline"]),
+                run_configuration(_run(row)))
 
 
 def key_of(row: Mapping[str, Any]) -> Key:
@@ -248,7 +262,7 @@ def lane_stats(slices: Sequence[dict[str, Any]]) -> dict[Key, LaneStats]:
 def lane_key(lane: Lane) -> tuple[bool, bool, int, int, str]:
     """Lanes as the page lists them: asked-for backends first, fallbacks after them, the baseline last."""
     return (lane.baseline, lane.requested != lane.backend, BACKEND_RANK.get(lane.backend, 6),
-            BACKEND_RANK.get(lane.requested, 6), lane.run_key)
+            BACKEND_RANK.get(lane.requested, 6), lane.run)
 
 
 def ordered_lanes(stats: Mapping[Key, LaneStats]) -> list[Lane]:

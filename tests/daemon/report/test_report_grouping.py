@@ -15,6 +15,7 @@ from test_report import _slice, parse_page
 
 from daemon.journal import Journal
 from daemon.report import Lane, Workload, add_speedups, choose_pair, lane_stats, select, write_report
+from daemon.report.statistics import lane_of, workload_of
 from workloads.protocol import RunConfig
 
 NOW = time.time()
@@ -89,9 +90,13 @@ def test_the_run_key_keeps_run_configurations_apart(tmp_path: Path) -> None:
         selection = select(journal, rotation=1)
     stats = lane_stats(selection.slices)
     workload = Workload("heavy", "matmul", "batch=4 n=2048")
-    eager_lane = Lane("cuda", "cuda", "fp32", run_key=eager["run_key"])
-    graph_lane = Lane("cuda", "cuda", "fp32", run_key=graph["run_key"])
+    eager_lane, graph_lane = Lane("cuda", "cuda", "fp32"), Lane("cuda", "cuda", "fp32", run="cuda_graph")
     assert set(stats) == {(workload, eager_lane), (workload, graph_lane)}
+    # one run_key per workload x lane
+    keys: dict[Any, set[str]] = {}
+    for row in selection.slices:
+        keys.setdefault((workload_of(row), lane_of(row)), set()).add(row["run_key"])
+    assert keys == {(workload, eager_lane): {eager["run_key"]}, (workload, graph_lane): {graph["run_key"]}}
     # each configuration against itself, not eager's 11 over graph's 30
     assert stats[(workload, eager_lane)].sustained_ratio == pytest.approx(1.1)
     assert stats[(workload, graph_lane)].sustained_ratio == pytest.approx(31 / 30)
@@ -118,7 +123,7 @@ def test_the_ane_layout_is_the_same_workload_as_metal(tmp_path: Path) -> None:
     add_speedups(stats, pair)
     assert [lane.backend for lane in pair] == ["mps", "coreml-ane"]
     ane = next(s for (_, lane), s in stats.items() if lane.backend == "coreml-ane")
-    assert ane.speedup == pytest.approx(0.5) and ane.lane.run_label == "ane"
+    assert ane.speedup == pytest.approx(0.5) and ane.lane.run == "ane"
 
 
 def test_shapes_from_info_keep_overridden_sizes_apart(tmp_path: Path) -> None:
