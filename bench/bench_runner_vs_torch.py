@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from daemon.clitools import comma_list
 from workloads.backends import get_backend
 from workloads.backends.base import PRECISIONS, BackendFailure
 from workloads.backends.torch_backend import TorchWorkload
@@ -141,13 +142,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _comma(parser: argparse.ArgumentParser, text: str, allowed: Sequence[str],
            what: str) -> list[str]:
-    items = [part.strip() for part in text.split(",") if part.strip()]
-    for item in items:
-        if item not in allowed:
-            parser.error(f"unknown {what} {item!r} (choose from {', '.join(allowed)})")
-    if not items:
-        parser.error(f"no {what} given")
-    return items
+    try:
+        return comma_list(text, what, allowed)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def synchronizer(device: str) -> Callable[[], None]:

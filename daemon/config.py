@@ -13,14 +13,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from daemon.clitools import comma_list, device_indices
 from daemon.paths import default_config_path, default_state_dir
+from workloads.micro import MICRO_PROFILES
+from workloads.phases import MODES
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-EX_CONFIG = 78
 # Outside 9100-9999, which Prometheus' default port allocations list has used up.
 DEFAULT_PORT = 10466
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
@@ -124,14 +126,11 @@ def _int(key: str, value: Any) -> int:
     return number
 
 
-def _list(key: str, value: Any) -> tuple[str, ...]:
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-        raise ConfigError(key, value, "expected a list of strings or a comma list")
-    cleaned = tuple(i.strip() for i in items if i.strip())
-    if not cleaned:
-        raise ConfigError(key, value, "must not be empty")
-    return cleaned
+def _list(key: str, value: Any, what: str = "item", allowed: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    try:
+        return tuple(comma_list(value, what, allowed))
+    except ValueError as exc:
+        raise ConfigError(key, value, str(exc)) from None
 
 
 def _choice(options: tuple[str, ...]) -> Any:
@@ -181,31 +180,19 @@ def _profile(key: str, value: Any) -> str:
 def _phases(key: str, value: Any) -> tuple[str, ...]:
     from workloads.phases import PHASE_NAMES
 
-    items = _list(key, value)
-    for item in items:
-        if item not in PHASE_NAMES:
-            raise ConfigError(key, value, f"unknown phase {item!r} (choose from {', '.join(PHASE_NAMES)})")
-    return items
+    return _list(key, value, "phase", PHASE_NAMES)
 
 
 def _precisions(key: str, value: Any) -> tuple[str, ...]:
     from workloads.backends import PRECISIONS
 
-    items = _list(key, value)
-    for item in items:
-        if item != "auto" and item not in PRECISIONS:
-            raise ConfigError(key, value, f"unknown precision {item!r} (choose from {', '.join(PRECISIONS)}, auto)")
-    return items
+    return _list(key, value, "precision", (*PRECISIONS, "auto"))
 
 
 def _backends(key: str, value: Any) -> str:
     from workloads.backends import BACKEND_NAMES
 
-    items = _list(key, value)
-    for item in items:
-        if item != "auto" and item not in BACKEND_NAMES:
-            raise ConfigError(key, value, f"unknown backend {item!r} (choose from {', '.join(BACKEND_NAMES)}, auto)")
-    return ",".join(items)
+    return ",".join(_list(key, value, "backend", (*BACKEND_NAMES, "auto")))
 
 
 def _variants(key: str, value: Any) -> dict[str, str]:
@@ -226,19 +213,10 @@ def _variants(key: str, value: Any) -> dict[str, str]:
 
 def _devices(key: str, value: Any) -> tuple[str, ...] | None:
     """`all` (every visible device) or device indices: a list [0, 1] or a comma list "0,1"."""
-    if isinstance(value, str) and value.strip() == "all":
-        return None
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list | tuple) or not items:
-        raise ConfigError(key, value, 'expected "all" or a list of device indices')
-    out: list[str] = []
-    for item in items:
-        text = str(item).strip()
-        if isinstance(item, bool) or not text.isdigit():
-            raise ConfigError(key, value, f"{item!r} is not a device index (0, 1, ...)")
-        if str(int(text)) not in out:
-            out.append(str(int(text)))
-    return tuple(out)
+    try:
+        return device_indices(value)
+    except ValueError as exc:
+        raise ConfigError(key, value, str(exc)) from None
 
 
 def _baseline_policy(key: str, value: Any) -> str:
@@ -266,7 +244,7 @@ SETTINGS: dict[tuple[str, str], tuple[str, Any]] = {
     ("workload", "backends"): ("backends", _backends),
     ("workload", "phases"): ("phases", _phases),
     ("workload", "precisions"): ("precisions", _precisions),
-    ("workload", "mode"): ("mode", _choice(("alternate", "sequential", "concurrent"))),
+    ("workload", "mode"): ("mode", _choice(MODES)),
     ("workload", "cpu_baseline"): ("cpu_baseline", _baseline_policy),
     ("workload", "worker_max_age_seconds"): ("worker_max_age_seconds", _non_negative),
     ("workload", "worker_max_memory_growth"): ("worker_max_memory_growth", _non_negative),
@@ -275,7 +253,7 @@ SETTINGS: dict[tuple[str, str], tuple[str, Any]] = {
     ("workload", "devices"): ("devices", _devices),
     ("workload", "seed"): ("seed", _int),
     ("sampler", "interval_seconds"): ("sampler_interval_seconds", _positive),
-    ("micro", "profile"): ("micro_profile", _choice(("ci", "light", "heavy"))),
+    ("micro", "profile"): ("micro_profile", _choice(tuple(MICRO_PROFILES))),
     ("micro", "backends"): ("micro_backends", _backends),
 }
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from daemon.levels import LEVELS
+
 # A workload series: one phase on one backend (where it really ran), precision and device
 # (the device's index within its backend: "0" on a one-GPU host, "0" for the CPU).
 WORKLOAD = ("phase", "backend", "precision", "device")
@@ -115,8 +117,7 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("soakd_thermal_pressure", "gauge", ("level",),
               "Thermal pressure state set: 1 for the current level, 0 for the others."),
     MetricDef("soakd_thermal_pressure_level", "gauge", (),
-              "Thermal pressure as an ordinal: 0 nominal, 1 light, 2 moderate, 3 heavy, "
-              "4 trapping, 5 sleeping."),
+              "Thermal pressure as an ordinal: " + ", ".join(f"{i} {name}" for i, name in enumerate(LEVELS)) + "."),
     MetricDef("soakd_thermal_pressure_seconds_total", "counter", ("level",),
               "Seconds spent at each thermal pressure level."),
     MetricDef("soakd_temperature_celsius", "gauge", ("source", "sensor"), "Temperatures."),

@@ -9,8 +9,6 @@ thread serves scrapes from cached state. Nothing here runs a workload step itsel
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import signal
 import threading
@@ -19,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -30,6 +28,7 @@ from daemon.config import Config, ConfigError, heavy_skip_reason, load_config
 from daemon.exporter import SnapshotCollector, WorkloadMetrics
 from daemon.journal import Journal
 from daemon.log import get_logger
+from daemon.pidlock import PidLock
 from daemon.recorder import Recorder, plan_from_config
 from daemon.sampler import Sampler, default_sources
 from workloads.backends import parse_backends
@@ -38,57 +37,6 @@ from workloads.rotation import RotationRunner
 
 STOP_TIMEOUT_S = 8.0  # the executor gets this long after SIGTERM; exit stays under 10 s
 TELEMETRY_EVERY_S = 10.0  # journal a telemetry row this often during rotations
-
-
-class AlreadyRunning(Exception):
-    pass
-
-
-class PidLock:
-    """A pid file held under an exclusive flock: a second instance is refused, a stale file is not."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._handle: TextIO | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the lifetime
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            handle.seek(0)
-            pid = handle.read().strip() or "?"
-            handle.close()
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise AlreadyRunning(f"another soakd is running (pid {pid}, pid file {self.path})") from None
-            raise
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._handle = handle
-
-    def release(self) -> None:
-        if self._handle is not None:
-            self.path.unlink(missing_ok=True)
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
-
-
-def running_pid(path: Path) -> int | None:
-    """The pid of the soakd holding `path`'s lock, or None when no instance holds it."""
-    if not path.exists():
-        return None
-    with open(path, encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            text = handle.read().strip()
-            return int(text) if text.isdigit() else None
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return None
 
 
 @dataclass

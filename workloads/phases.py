@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 PHASE_NAMES: tuple[str, ...] = ("matmul", "conv", "attention")
+# How several backends share a phase (workloads/rotation.py runs them); here, torch-free, so the
+# daemon's config and the CLI take their choices from one place.
+Mode = Literal["alternate", "sequential", "concurrent"]
+MODES: tuple[str, ...] = ("alternate", "sequential", "concurrent")
 
 
 @dataclass(frozen=True)

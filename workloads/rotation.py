@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 from workloads.backends import (
     auto_candidates,
@@ -37,7 +36,7 @@ from workloads.backends import (
     resolve_backends,
 )
 from workloads.baseline import DEFAULT_MAX_AGE_S, BaselineRecord, load_baseline, store_baseline
-from workloads.phases import PHASE_NAMES, AttentionSpec, PhaseSpec, Profile, default_attention_variant
+from workloads.phases import PHASE_NAMES, AttentionSpec, Mode, PhaseSpec, Profile, default_attention_variant
 from workloads.process import InProcessWorker, Worker, probe
 from workloads.protocol import (
     Availability,
@@ -50,8 +49,6 @@ from workloads.protocol import (
 )
 from workloads.runner import PhaseResult, SliceResult
 
-Mode = Literal["alternate", "sequential", "concurrent"]
-MODES: tuple[str, ...] = ("alternate", "sequential", "concurrent")
 # Failures that end a backend's part in the phase and move it along its fallback chain.
 FALLBACK_REASONS = frozenset({
     "unavailable", "unsupported_precision", "out_of_memory", "conversion_failed",

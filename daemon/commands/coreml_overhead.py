@@ -8,15 +8,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from daemon.cli import UsageError
+from daemon.clitools import UsageError
 from workloads.backends import COREML_BACKENDS
-from workloads.coreml_overhead import measure_overhead, render_overhead
 
 # `soakd once` runs fewer iterations: it is a by-product there, not the point.
 ONCE_ITERATIONS = 50
 
 
 def register(subparsers: Any) -> None:
+    """Add `soakd coreml-overhead` to the CLI's sub-parsers."""
     parser = subparsers.add_parser(
         "coreml-overhead",
         help="time torch tensor -> Core ML input -> torch for seed 004's shapes",
@@ -30,6 +30,9 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Measure and print the conversion cost (table or JSON); exit 0, 2 for bad arguments."""
+    from workloads.coreml_overhead import measure_overhead, render_overhead
+
     if args.iterations < 1:
         raise UsageError(f"--iterations must be at least 1, got {args.iterations}")
     if args.warmup < 0:
@@ -45,7 +48,12 @@ def run(args: argparse.Namespace) -> int:
 
 def overhead_for_backends(backends: Sequence[str],
                           iterations: int = ONCE_ITERATIONS) -> dict[str, Any] | None:
-    """The benchmark when any Core ML backend is among `backends`, else None (for `soakd once`)."""
+    """The benchmark when any Core ML backend is among `backends`, else None (for `soakd once`).
+
+    A failure is returned as {"error": "..."}, never raised: it must not sink the rotation.
+    """
+    from workloads.coreml_overhead import measure_overhead
+
     if not any(name in COREML_BACKENDS for name in backends):
         return None
     try:
@@ -55,6 +63,9 @@ def overhead_for_backends(backends: Sequence[str],
 
 
 def render_for_once(document: dict[str, Any]) -> str:
+    """The text block `soakd once` prints under its table for `overhead_for_backends`' result."""
+    from workloads.coreml_overhead import render_overhead
+
     if "error" in document:
         return f"Core ML conversion overhead: failed: {document['error']}"
     return render_overhead(document)

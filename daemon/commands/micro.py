@@ -13,13 +13,14 @@ import json
 import sys
 from typing import Any, TextIO
 
-from daemon.cli import UsageError
+from daemon.clitools import UsageError
 from workloads.backends import parse_backends
 from workloads.micro import MICRO_PROFILES, MicroResult, MicroRun, get_micro_profile, render_table
 from workloads.micro.run import run_micro_in_worker
 
 
 def register(subparsers: Any) -> None:
+    """Add `soakd micro` to the CLI's sub-parsers."""
     parser = subparsers.add_parser(
         "micro", help="run the micro-benchmark suite (matmul, element-wise, reduction, "
                       "transfer, activations, launch overhead)")
@@ -43,6 +44,7 @@ class Progress:
         self.count = 0
 
     def __call__(self, result: MicroResult) -> None:
+        """Count one finished op x size and show it (a no-op off a terminal)."""
         if not self.enabled:
             return
         self.count += 1
@@ -51,12 +53,14 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
+        """Erase the progress line."""
         if self.enabled and self.count:
             self.stream.write("\r" + " " * 72 + "\r")
             self.stream.flush()
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the suite, a worker per backend; print the tables (or JSON). Exit codes: module doc."""
     try:
         profile = get_micro_profile(args.profile, args.iterations)
         backends = parse_backends(args.backends)

@@ -9,15 +9,14 @@ import sys
 import time
 from typing import Any, TextIO
 
-from daemon.cli import UsageError
+from daemon.clitools import UsageError, comma_list, device_indices
 from daemon.commands import coreml_overhead
 from workloads.backends import parse_backends, parse_precisions
 from workloads.baseline import POLICIES
 from workloads.host import host_info
-from workloads.phases import PHASE_NAMES, PROFILES, get_profile
+from workloads.phases import MODES, PHASE_NAMES, PROFILES, get_profile
 from workloads.protocol import Steps
 from workloads.rotation import (
-    MODES,
     PhaseStarted,
     RotationEvent,
     RotationPlan,
@@ -28,6 +27,7 @@ from workloads.rotation import (
 
 
 def register(subparsers: Any) -> None:
+    """Add `soakd once` to the CLI's sub-parsers."""
     parser = subparsers.add_parser("once", help="run one rotation now and print the results")
     add_workload_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -35,6 +35,7 @@ def register(subparsers: Any) -> None:
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose a rotation: profile, backends, phases, precision, duration, mode."""
     parser.add_argument("--profile", default="light", choices=sorted(PROFILES),
                         help="shapes and durations (default: light)")
     parser.add_argument("--backends", default="auto",
@@ -62,17 +63,8 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the same as --cpu-baseline off")
 
 
-def _comma_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
-    items = [part.strip() for part in text.split(",") if part.strip()]
-    if not items:
-        raise UsageError(f"no {what} given")
-    for item in items:
-        if item not in allowed:
-            raise UsageError(f"unknown {what} {item!r} (choose from {', '.join(allowed)})")
-    return list(dict.fromkeys(items))
-
-
 def plan_from_args(args: argparse.Namespace) -> RotationPlan:
+    """The rotation the arguments ask for; raises UsageError naming the first bad argument."""
     overrides: dict[str, Any] = {}
     if args.duration is not None:
         if not args.duration > 0:
@@ -85,6 +77,7 @@ def plan_from_args(args: argparse.Namespace) -> RotationPlan:
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     try:
+        phases = comma_list(args.phases, "phase", PHASE_NAMES)
         profile = get_profile(args.profile, overrides)
         backends = parse_backends(args.backends)
         precisions = parse_precisions(args.precision)
@@ -93,7 +86,7 @@ def plan_from_args(args: argparse.Namespace) -> RotationPlan:
     return RotationPlan(
         profile=profile,
         backends=backends,
-        phases=_comma_list(args.phases, PHASE_NAMES, "phase"),
+        phases=phases,
         precisions=precisions,
         devices=_devices(args.devices),
         mode=args.mode,
@@ -103,12 +96,10 @@ def plan_from_args(args: argparse.Namespace) -> RotationPlan:
 
 
 def _devices(text: str) -> tuple[str, ...] | None:
-    if text.strip() == "all":
-        return None
-    items = [part.strip() for part in text.split(",") if part.strip()]
-    if not items or not all(item.isdigit() for item in items):
-        raise UsageError(f"--devices: expected all or device indices like 0,1, got {text!r}")
-    return tuple(dict.fromkeys(str(int(item)) for item in items))
+    try:
+        return device_indices(text)
+    except ValueError as exc:
+        raise UsageError(f"--devices: {exc}, got {text!r}") from None
 
 
 class Progress:
@@ -123,6 +114,8 @@ class Progress:
         self.started = time.monotonic()
 
     def __call__(self, context: SliceContext | None, event: RotationEvent) -> None:
+        """The rotation's event callback: measured seconds so far over the planned seconds (the
+        first phase's planned seconds times phases times precisions)."""
         if not self.enabled:
             return
         if isinstance(event, PhaseStarted) and not self.total:
@@ -140,6 +133,7 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
+        """Erase the progress line."""
         if self.enabled:
             self.stream.write("\r" + " " * 80 + "\r")
             self.stream.flush()
@@ -152,6 +146,8 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
+    """The `soakd once` table: one line per summarized phase x backend x precision row
+    (workloads.rotation.summarize's dicts), then the fallbacks with their reasons."""
     header = (f"{'phase':<10} {'backend':<16} {'prec':<5} {'steps/s':>10} {'TFLOP/s':>9} "
               f"{'p50 ms':>9} {'p99 ms':>9} {'vs CPU':>7} {'success':>8} {'mism':>5} {'rss MiB':>9} "
               f"{'dev MiB':>9}")
@@ -181,6 +177,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run one rotation in worker processes and print its table (or JSON); exit 0."""
     plan = plan_from_args(args)
     progress = Progress(plan)
     runner = RotationRunner(plan, progress)

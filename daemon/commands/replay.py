@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
-from daemon.cli import UsageError
+from daemon.clitools import EX_FAILURE, UsageError
 from daemon.sources.powermetrics import PowermetricsParseError
 from daemon.sources.replay import FORMATS, load_samples
 
-EX_DATA = 1
-
 
 def register(subparsers: Any) -> None:
+    """Add `soakd replay-powermetrics` to the CLI's sub-parsers."""
     parser = subparsers.add_parser(
         "replay-powermetrics",
         help="print a captured powermetrics log (plist or text) as JSON lines",
@@ -36,19 +34,14 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the file's samples as JSON lines; exit codes in the module docstring."""
     try:
         samples = load_samples(args.file, args.fmt)
     except OSError as exc:
         raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from None
     except PowermetricsParseError as exc:
         print(f"soakd replay-powermetrics: error: {args.file}: {exc}", file=sys.stderr)
-        return EX_DATA
-    try:
-        for sample in samples:
-            sys.stdout.write(json.dumps(sample.to_json(), allow_nan=False) + "\n")
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # `soakd replay-powermetrics x | head`: stop quietly, as other CLI tools do.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        return EX_FAILURE
+    for sample in samples:  # `| head` closing the pipe is handled (quietly) in daemon.cli.main
+        sys.stdout.write(json.dumps(sample.to_json(), allow_nan=False) + "\n")
     return 0

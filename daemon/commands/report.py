@@ -9,15 +9,17 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from daemon.cli import UsageError
+from daemon.clitools import UsageError, parse_since
 from daemon.commands.run import add_config_arguments, load_or_exit
 from daemon.journal import Journal, JournalError
 
 
 def register(subparsers: Any) -> None:
+    """Add `soakd report` to the CLI's sub-parsers."""
     parser = subparsers.add_parser("report", help="PNG plots and an HTML page from the journal")
     add_config_arguments(parser)
     which = parser.add_mutually_exclusive_group()
@@ -31,14 +33,15 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon.report import ReportError, parse_since, write_report
+    """Write the report and print one line naming what was written; exit codes in the module docstring."""
+    from daemon.report import ReportError, write_report
 
     if args.rotation is not None and args.rotation < 1:
         raise UsageError(f"--rotation must be a rotation id (1 or more), got {args.rotation}")
     since = None
     if args.since is not None:
         try:
-            since = parse_since(args.since)
+            since = parse_since(args.since, now=time.time())
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     if args.out.exists() and not args.out.is_dir():

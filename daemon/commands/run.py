@@ -7,26 +7,29 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from daemon.config import EX_CONFIG, ConfigError, load_config
-
-EX_RUNNING = 75  # EX_TEMPFAIL: another instance holds the pid lock; a later start may work
+from daemon.clitools import EX_CONFIG, EX_TEMPFAIL
+from daemon.config import ConfigError, load_config
+from workloads.phases import PROFILES
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config and --state-dir, which every command that reads the config or journal takes."""
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="TOML config file (default: the per-user/system location, if present)")
     parser.add_argument("--state-dir", metavar="DIR", help="journal and pid file directory")
 
 
 def register(subparsers: Any) -> None:
+    """Add `soakd run` to the CLI's sub-parsers."""
     parser = subparsers.add_parser("run", help="run the daemon in the foreground")
     add_config_arguments(parser)
-    parser.add_argument("--profile", help="workload profile (ci, light, reduced, heavy)")
+    parser.add_argument("--profile", help=f"workload profile ({', '.join(PROFILES)})")
     parser.add_argument("--listen", metavar="HOST:PORT", help="metrics address (default 127.0.0.1:10466)")
     parser.set_defaults(func=run)
 
 
 def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The command-line layer of the config ("section.key": value; None = not given)."""
     return {"daemon.state_dir": args.state_dir, "schedule.profile": getattr(args, "profile", None),
             "daemon.listen": getattr(args, "listen", None)}
 
@@ -41,8 +44,12 @@ def load_or_exit(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM/SIGINT. Exit 0 after a clean stop, 75 (EX_TEMPFAIL) when
+    another soakd holds the state directory, 78 (EX_CONFIG) for a bad config or a listen
+    address in use."""
     from daemon import log
-    from daemon.service import AlreadyRunning, Service
+    from daemon.pidlock import AlreadyRunning
+    from daemon.service import Service
 
     config = load_or_exit(args)
     log.configure(config.log_format, config.log_level)
@@ -51,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         return service.run()
     except AlreadyRunning as exc:
         print(f"soakd: refusing to start: {exc}", file=sys.stderr)
-        return EX_RUNNING
+        return EX_TEMPFAIL
     except OSError as exc:
         if exc.errno == 98 or "Address already in use" in str(exc):
             print(f"soakd: cannot listen on {config.listen}: address already in use "

@@ -1,6 +1,8 @@
 """`soakd service install|uninstall|status`: soakd as a launchd job (macOS) or systemd unit (Linux).
 
-The work is in daemon/service_manager.py; launchd/README.md explains the choices.
+The work is in the daemon/install/ package; launchd/README.md explains the choices.
+Exit status: 0 done (status: loaded/active), 3 status: not loaded/active, 1 an error, 2 bad
+arguments.
 """
 
 from __future__ import annotations
@@ -10,24 +12,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from daemon.cli import UsageError
-from daemon.service_manager import (
-    MANAGERS,
-    Manager,
-    ServiceError,
-    detect_manager,
-    install,
-    make_plan,
-    resolve_spec,
-    status,
-    subprocess_runner,
-    uninstall,
-)
+from daemon.clitools import EX_FAILURE, UsageError
+from daemon.install.spec import MANAGERS, Manager, ServiceError, detect_manager, resolve_spec
 
 ACTIONS = ("install", "uninstall", "status")
 
 
 def register(subparsers: Any) -> None:
+    """Add `soakd service` to the CLI's sub-parsers."""
     parser = subparsers.add_parser(
         "service", help="install, remove or inspect soakd as a launchd job or systemd unit")
     parser.add_argument("action", choices=ACTIONS)
@@ -65,6 +57,10 @@ def _manager(args: argparse.Namespace, renders_only: bool) -> Manager:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Install, uninstall or inspect the service; exit codes in the module docstring."""
+    from daemon.install.manager import install, status, subprocess_runner, uninstall
+    from daemon.install.render import make_plan
+
     if args.config is not None and args.action == "install" and not args.config.is_file():
         # The daemon would exit 78 on it at every start: refuse now instead.
         raise UsageError(f"--config {args.config}: no such file")
@@ -87,4 +83,4 @@ def run(args: argparse.Namespace) -> int:
                       prefix=prefix)
     except ServiceError as exc:
         print(f"soakd service: error: {exc}", file=sys.stderr)
-        return 1
+        return EX_FAILURE

@@ -9,12 +9,15 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from daemon.clitools import UsageError
 from daemon.commands.run import add_config_arguments, load_or_exit
 from daemon.energy import breakdown
 from daemon.journal import Journal, JournalError
+from daemon.pidlock import running_pid
 
 
 def register(subparsers: Any) -> None:
+    """Add `soakd status` and `soakd history` to the CLI's sub-parsers."""
     status = subparsers.add_parser("status", help="is soakd running, what it runs, the last rotation")
     add_config_arguments(status)
     status.add_argument("--json", action="store_true")
@@ -89,8 +92,7 @@ def _rotation_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from daemon.service import running_pid
-
+    """Print whether soakd runs, what it runs now, its sources and the last rotation (or JSON); exit 0."""
     config, journal = _open(args)
     pid = running_pid(config.pid_path)
     document: dict[str, Any] = {"running": pid is not None, "pid": pid, "state_dir": str(config.state_dir),
@@ -135,9 +137,8 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_history(args: argparse.Namespace) -> int:
+    """Print the last --limit rotations with per phase x backend totals (or JSON); exit 1 without a journal."""
     if args.limit < 1:
-        from daemon.cli import UsageError
-
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
     config, journal = _open(args)
     if journal is None:

@@ -9,9 +9,11 @@ import sys
 from typing import Any
 
 from daemon.commands.run import add_config_arguments, load_or_exit
+from daemon.pidlock import running_pid
 
 
 def register(subparsers: Any) -> None:
+    """Add `soakd trigger` to the CLI's sub-parsers."""
     parser = subparsers.add_parser("trigger", help="start a rotation (or --micro) in the running daemon")
     add_config_arguments(parser)
     parser.add_argument("--micro", action="store_true", help="run the micro-benchmark suite instead")
@@ -19,8 +21,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon.service import running_pid
-
+    """Signal the running daemon (SIGUSR1, or SIGUSR2 with --micro); exit 1 when none runs."""
     config = load_or_exit(args)
     pid = running_pid(config.pid_path)
     if pid is None:

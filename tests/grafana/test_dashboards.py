@@ -395,8 +395,9 @@ def test_datasource_provisioning_matches_the_dashboards(generator: ModuleType) -
     assert config["apiVersion"] == 1
     [source] = config["datasources"]
     assert source["type"] == "prometheus"
-    assert source["uid"] == generator.DATASOURCE_UID
-    assert source["name"] == generator.DATASOURCE_NAME
+    names = sys.modules["soakd_dashboards.queries"]  # loaded by the generator
+    assert source["uid"] == names.DATASOURCE_UID
+    assert source["name"] == names.DATASOURCE_NAME
     assert source["url"].startswith("http://")
 
 

@@ -190,7 +190,7 @@ def test_sudo_check_asks_for_the_exact_command_the_sudoers_rule_allows(fake_powe
     args = record.read_text().splitlines()
     assert ok
     assert args[:2] == ["-n", "-l"]
-    # the same list launchd/soakd.sudoers.in is rendered with (daemon/service_manager.py)
+    # the same list the sudoers rule is rendered with (daemon/install/render.py)
     assert args[2:] == powermetrics_command(1000, source.samplers, args[2], sudo=False)
 
 
