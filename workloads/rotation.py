@@ -586,9 +586,8 @@ class RotationRunner:
         if worker is None or lane.replacement is not None:
             return
         memory = _memory(worker)
-        if lane.base_memory is None:
+        if lane.base_memory is None:  # what the worker holds after its first slice
             lane.base_memory = memory
-            return
         reason = ""
         if policy.max_age_s > 0 and worker.age() > policy.max_age_s:
             reason = "age"

@@ -174,7 +174,9 @@ def test_one_worker_serves_every_slice_of_its_phase(monkeypatch: pytest.MonkeyPa
 def test_next_phase_is_prepared_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
     """Phase 2's worker is spawned and prepared while phase 1 runs: its first slice does not
     wait for a process start (about 2-3 s of torch import here)."""
-    _, events = collect(plain_plan(monkeypatch, backends=["plain"], phases=["matmul", "conv"]))
+    # a first phase long enough for the next phase's worker to start and prepare on a busy host
+    profile = get_profile("ci", {"phase_seconds": 6.0, "slice_seconds": 1.0})
+    _, events = collect(plain_plan(monkeypatch, backends=["plain"], phases=["matmul", "conv"], profile=profile))
     phase_one_end = next(e.ended for _, e in events if isinstance(e, PhaseEnded) and e.phase == "matmul")
     conv = ended(events, "conv")
     first = conv[0]
@@ -183,14 +185,14 @@ def test_next_phase_is_prepared_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
     assert first.turn_started >= phase_one_end - 1e-6
     assert first.lead_gap_seconds < 1.0, first.lead_gap_seconds  # warm-up only, no spawn
     # and the same plan without preparing ahead pays the spawn inside the phase
-    _, cold = collect(plain_plan(monkeypatch, backends=["plain"], phases=["matmul", "conv"],
+    _, cold = collect(plain_plan(monkeypatch, backends=["plain"], phases=["matmul", "conv"], profile=profile,
                                  workers=WorkerPolicy(prepare_ahead=False)))
     assert ended(cold, "conv")[0].lead_gap_seconds > first.lead_gap_seconds + 0.5
 
 
 def test_recycled_worker_takes_over_at_a_boundary_with_a_short_gap(monkeypatch: pytest.MonkeyPatch) -> None:
     plan = plain_plan(monkeypatch, backends=["plain"],
-                      profile=get_profile("ci", {"phase_seconds": 4.0, "slice_seconds": 0.5}),
+                      profile=get_profile("ci", {"phase_seconds": 8.0, "slice_seconds": 0.5}),
                       workers=WorkerPolicy(max_age_s=1.0, max_memory_growth=0.0))
     _, events = collect(plan)
     replaced = [e for _, e in events if isinstance(e, WorkerReplaced)]
