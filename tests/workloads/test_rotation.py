@@ -31,10 +31,8 @@ from workloads.rotation import (
     SliceStarted,
     _Lane,
     _rounds,
-    speedups,
-    summarize,
 )
-from workloads.runner import PhaseResult, SliceRequest, run_slice
+from workloads.runner import PhaseResult, SliceRequest, run_slice, speedups, summarize
 
 
 @pytest.fixture(autouse=True)
