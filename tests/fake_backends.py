@@ -207,3 +207,24 @@ class MultiDeviceBackend(CpuBackend):
         if options is not None and options.device == "2":
             return _as(workload, _SlowStepWorkload)
         return workload
+
+
+# How much a step of the spiky backend allocates and frees again (bytes).
+SPIKE_BYTES = 600 * 2**20
+
+
+class _SpikyWorkload(TorchWorkload):
+    def step(self) -> None:
+        super().step()
+        buffer = torch.ones(SPIKE_BYTES // 4, dtype=torch.float32)  # touched: resident
+        del buffer
+
+
+class SpikyBackend(CpuBackend):
+    """Each step holds 600 MiB for a moment and frees it: RSS sampled between steps misses it."""
+
+    name = "spiky-fake"
+
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int,
+                options: PrepareOptions | None = None) -> PreparedWorkload:
+        return _as(super().prepare(spec, precision, seed, options), _SpikyWorkload)

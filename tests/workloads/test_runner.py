@@ -220,3 +220,17 @@ def test_crashed_worker_is_recorded_and_replaced(monkeypatch: pytest.MonkeyPatch
     good = [s for s in slices if s.failure is None]
     assert good and all(s.worker_pid == replaced.new_pid and s.steps > 0 for s in good)
     assert {r.backend for r in results} == {fb.CrashOnceBackend.name}
+
+
+def test_peak_rss_is_the_workers_high_water_mark(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that holds 600 MiB for a moment: the RSS sampled between segments never sees it
+    (the old "peak" was the largest such sample), the OS's high-water mark does."""
+    fb.register(monkeypatch, **{fb.SpikyBackend.name: fb.SpikyBackend})
+    events: list[WorkerEvent] = []
+    request = SliceRequest(spec=PROFILES["ci"].matmul, backend=fb.SpikyBackend.name, duration_s=None,
+                           max_steps=3, warmup_steps=1, check_every=0, flush_interval_s=0.0)
+    result = run_slice(request, on_event=events.append)
+    assert result.failure is None and result.steps == 3
+    sampled = max(e.memory.rss for e in events if isinstance(e, Steps))
+    assert result.peak_rss_bytes >= sampled + fb.SPIKE_BYTES * 0.9
+    assert result.peak_device_bytes == 0  # no device allocator on the CPU: a separate figure
