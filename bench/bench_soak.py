@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -163,6 +165,7 @@ nvml = true
                                 "--state-dir", str(state)], cwd=REPO, env=env, stdout=log,
                                stderr=subprocess.STDOUT)
     loader = None
+    rss, final_scrape = 0, ""
     try:
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline and metric(url, "soakd_rotation_active") < 1:
@@ -176,6 +179,9 @@ nvml = true
             done = metric(url, "soakd_rotations_total", result="completed") + \
                 metric(url, "soakd_rotations_total", result="failed")
             if done >= 1:
+                rss = psutil.Process(process.pid).memory_info().rss
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    final_scrape = response.read().decode()
                 break
             if process.poll() is not None:
                 raise RuntimeError(f"daemon exited with {process.returncode}; see {out / 'daemon.log'}")
@@ -193,8 +199,10 @@ nvml = true
         tracer.join(5)
         if loader is not None:
             loader.join(5)
+    (out / "metrics.txt").write_text(final_scrape, encoding="utf-8")
     return {"trace": trace, "latencies": latencies, "errors": errors, "state": state,
-            "started": started, "log": out / "daemon.log", "exit": process.returncode}
+            "started": started, "log": out / "daemon.log", "exit": process.returncode,
+            "daemon_rss": rss, "scrape": final_scrape}
 
 
 def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -264,6 +272,11 @@ def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                     "p50_ms": percentile(latencies, 50) * 1e3, "p99_ms": percentile(latencies, 99) * 1e3,
                     "max_ms": (latencies[-1] * 1e3) if latencies else None},
         "daemon_exit": run["exit"],
+        "daemon_rss_mib": run["daemon_rss"] / 2**20,
+        "device_outliers": [json.loads(r[0]) for r in db.execute(
+            "SELECT detail FROM events WHERE kind = 'device_outlier'")],
+        "relative_throughput": [line for line in run["scrape"].splitlines()
+                                if line.startswith("soakd_device_relative_throughput_ratio{")],
     }
 
 
@@ -285,6 +298,9 @@ def render(summary: dict[str, Any], args: argparse.Namespace) -> str:
     lines.append(f"rotation {r['result']}: wall {r['wall_seconds']:.1f} s = {r['ratio']:.3f} x planned "
                  f"{r['planned_seconds']:.0f} s; from the first phase's start "
                  f"{r['wall_from_first_phase_seconds']:.1f} s = {r['ratio_from_first_phase']:.3f} x")
+    lines.append(f"daemon RSS after the rotation: {summary['daemon_rss_mib']:.1f} MiB; device outliers: "
+                 f"{summary['device_outliers'] or 'none'}")
+    lines += summary["relative_throughput"]
     lines.append(f"/metrics at {args.rate:g}/s during the rotation: {m['requests']} requests, {m['errors']} errors, "
                  f"p50 {m['p50_ms']:.2f} ms, p99 {m['p99_ms']:.2f} ms, max {m['max_ms']:.2f} ms")
     return "\n".join(lines)
