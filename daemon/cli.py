@@ -46,6 +46,11 @@ def build_parser() -> Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:  # the daemon: signal handlers before the slow imports of build_parser
+        from daemon import signals
+
+        signals.install()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -9,7 +9,7 @@ from typing import Any
 
 from daemon.config import EX_CONFIG, ConfigError, load_config
 
-EX_RUNNING = 75  # EX_TEMPFAIL: another instance holds the pid lock; a later start may work
+EX_RUNNING = 75  # EX_TEMPFAIL: another instance holds the state directory; a later start may work
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,20 +41,20 @@ def load_or_exit(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon import log
-    from daemon.service import AlreadyRunning, Service
+    from daemon import log, signals
 
+    inbox = signals.install()  # before anything slow (`soakd` installs them even earlier, in main)
     config = load_or_exit(args)
     log.configure(config.log_format, config.log_level)
-    service = Service(config, args.config, flags_from_args(args))
+    if inbox.stop.is_set():
+        log.get_logger().info("stopped", reason="stop requested during start-up, before the state directory was used")
+        return 0
+    from daemon.instance import StartupError
+    from daemon.service import Service
+
+    service = Service(config, args.config, flags_from_args(args), inbox=inbox)
     try:
         return service.run()
-    except AlreadyRunning as exc:
-        print(f"soakd: refusing to start: {exc}", file=sys.stderr)
-        return EX_RUNNING
-    except OSError as exc:
-        if exc.errno == 98 or "Address already in use" in str(exc):
-            print(f"soakd: cannot listen on {config.listen}: address already in use "
-                  "(set daemon.listen or --listen)", file=sys.stderr)
-            return EX_CONFIG
-        raise
+    except StartupError as exc:
+        print(f"soakd: cannot start: {exc}", file=sys.stderr)
+        return exc.code

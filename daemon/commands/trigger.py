@@ -19,12 +19,13 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon.service import running_pid
+    from daemon.commands.status import daemon_pid
 
     config = load_or_exit(args)
-    pid = running_pid(config.pid_path)
+    is_running, pid = daemon_pid(config)
     if pid is None:
-        print(f"soakd trigger: no running soakd (pid file {config.pid_path})", file=sys.stderr)
+        why = "its pid is unknown" if is_running else "none holds the state directory"
+        print(f"soakd trigger: no running soakd to signal ({why}: {config.state_dir})", file=sys.stderr)
         return 1
     signum = signal.SIGUSR2 if args.micro else signal.SIGUSR1
     os.kill(pid, signum)

@@ -26,8 +26,8 @@ def test_wal_schema_and_round_trip(tmp_path: Path) -> None:
     (row,) = reader.slices(rotation_id=rid)
     assert row["energy_joules"] == {"cpu": 2.5} and row["fallback"] == {"from": "cuda", "to": "cpu"}
     assert reader.rotation(rid)["result"] == "completed"  # type: ignore[index]
-    with pytest.raises(sqlite3.OperationalError):
-        reader.add_event("x")  # read-only
+    with pytest.raises(JournalError, match="read-only"):
+        reader.add_event("x")
 
 
 def test_dangling_rotation_becomes_interrupted_and_keeps_slices(tmp_path: Path) -> None:

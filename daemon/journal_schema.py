@@ -1,0 +1,165 @@
+"""The journal's schema, what a journal file must look like, and the errors of opening one.
+
+`inspect()` tells a soakd journal from an empty file, another program's database, a newer
+schema or a corrupt file, each as one line naming the file.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rotations (
+    id INTEGER PRIMARY KEY,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    profile TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    backends TEXT NOT NULL,
+    result TEXT,                -- completed | stopped | failed | skipped; NULL while running
+    detail TEXT
+);
+CREATE TABLE IF NOT EXISTS slices (
+    id INTEGER PRIMARY KEY,
+    rotation_id INTEGER NOT NULL REFERENCES rotations(id),
+    phase TEXT NOT NULL,
+    requested_backend TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    precision TEXT NOT NULL,
+    baseline INTEGER NOT NULL DEFAULT 0,
+    device TEXT,
+    started_at REAL NOT NULL,
+    ended_at REAL NOT NULL,
+    steps INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    flop REAL NOT NULL,
+    latency_p50 REAL,
+    latency_p99 REAL,
+    energy_joules TEXT NOT NULL,     -- JSON {component: J} over the slice
+    thermal_seconds TEXT NOT NULL,   -- JSON {level: s} over the slice
+    peak_rss_bytes INTEGER,
+    avg_rss_bytes INTEGER,
+    peak_device_bytes INTEGER,
+    checks INTEGER NOT NULL DEFAULT 0,
+    mismatches INTEGER NOT NULL DEFAULT 0,
+    max_relative_error REAL,
+    failure_reason TEXT,
+    failure_detail TEXT,
+    fallback TEXT,                   -- JSON {from, to, reason, detail} when this slice ran after one
+    prepare_seconds REAL,
+    warmup_seconds REAL,
+    info TEXT
+);
+CREATE INDEX IF NOT EXISTS slices_rotation ON slices(rotation_id);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    rotation_id INTEGER,
+    kind TEXT NOT NULL,              -- throttle | source_up | source_down | error | signal | fallback | ...
+    source TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS events_time ON events(time);
+CREATE TABLE IF NOT EXISTS telemetry (
+    time REAL NOT NULL,
+    rotation_id INTEGER,
+    power_watts TEXT NOT NULL,       -- JSON {component: W}
+    thermal_pressure TEXT,
+    temperatures TEXT NOT NULL       -- JSON {sensor: C}
+);
+CREATE INDEX IF NOT EXISTS telemetry_time ON telemetry(time);
+CREATE TABLE IF NOT EXISTS micro_runs (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    profile TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    results TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
+"""
+
+
+APPLICATION_ID = 0x736F616B  # "soak" in SQLite's header: this file is a soakd journal
+
+
+class JournalError(Exception):
+    """The journal cannot be used; the message is one line naming the file."""
+
+
+class JournalEmpty(JournalError):
+    """An existing but empty file (no soakd data yet), opened read-only."""
+
+
+class JournalCorrupt(JournalError):
+    """Not readable as SQLite, or its pages fail `PRAGMA quick_check`."""
+
+
+class JournalRefused(JournalError):
+    """Another program's database, a newer schema, or not a file: left as it is."""
+
+
+class JournalUnwritable(JournalError):
+    """The journal (or its directory) cannot be written: read-only, full, not a directory."""
+
+
+class JournalLocked(JournalUnwritable):
+    """Another process holds the journal's write lock."""
+
+
+@functools.cache
+def _expected_columns() -> dict[str, frozenset[str]]:
+    """Table -> columns of the current schema (built in memory from SCHEMA_V1)."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(SCHEMA_V1)
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: frozenset(r[1] for r in db.execute(f"PRAGMA table_info({t})")) for t in tables}
+    finally:
+        db.close()
+
+
+def unwritable(path: Path, exc: BaseException) -> JournalUnwritable:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return JournalLocked(f"journal {path} is locked by another process ({text})")
+    return JournalUnwritable(f"cannot write journal {path}: {text}")
+
+
+def inspect(path: Path, db: sqlite3.Connection) -> int | None:
+    """The schema version of the soakd journal open on `db`, or None for an empty file.
+    Raises JournalCorrupt, JournalRefused, or JournalUnwritable when SQLite cannot open it."""
+    try:
+        app_id = int(db.execute("PRAGMA application_id").fetchone()[0])
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables and app_id == 0:
+            return None
+        if app_id not in (0, APPLICATION_ID):
+            raise JournalRefused(f"{path} is not a soakd journal (SQLite application id {app_id:#x})")
+        if "meta" not in tables:
+            raise JournalRefused(f"{path} is not a soakd journal (tables: {', '.join(sorted(tables))})")
+        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = int(row[0]) if row and str(row[0]).isdigit() else None
+        if version is None:
+            raise JournalRefused(f"{path} is not a soakd journal (no schema version in its meta table)")
+        if version > SCHEMA_VERSION:
+            raise JournalRefused(f"{path} has schema version {version}; this soakd reads up to "
+                                 f"{SCHEMA_VERSION}: upgrade soakd")
+        for table, wanted in _expected_columns().items():
+            if table in tables:
+                have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+                if wanted - have:
+                    raise JournalRefused(f"{path} is not a soakd journal (table {table} has no "
+                                         f"{', '.join(sorted(wanted - have))})")
+        check = [r[0] for r in db.execute("PRAGMA quick_check").fetchall()]
+        if check != ["ok"]:
+            raise JournalCorrupt(f"journal {path} is corrupt ({'; '.join(check[:2])})")
+        return version
+    except sqlite3.OperationalError as exc:
+        raise unwritable(path, exc) from None
+    except sqlite3.DatabaseError as exc:
+        raise JournalCorrupt(f"journal {path} is corrupt ({exc})") from None
