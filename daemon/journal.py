@@ -47,6 +47,7 @@ from daemon.journal_schema import (
     JournalLocked,
     JournalRefused,
     JournalUnwritable,
+    check_header,
     inspect,
     unwritable,
 )
@@ -130,6 +131,7 @@ class Journal:
             raise JournalError(f"no journal at {self.path}")
         if not self.path.is_file():
             raise JournalRefused(f"{self.path} is not a file")
+        check_header(self.path)
         db = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True,
                              check_same_thread=False, timeout=OPEN_BUSY_TIMEOUT_S)
         try:
@@ -148,6 +150,7 @@ class Journal:
                                     f"{exc.strerror or exc}") from None
         if self.path.exists() and not self.path.is_file():
             raise JournalRefused(f"{self.path} is not a file")
+        check_header(self.path)
         try:
             db = sqlite3.connect(self.path, check_same_thread=False, timeout=OPEN_BUSY_TIMEOUT_S)
         except sqlite3.Error as exc:
@@ -240,7 +243,7 @@ class Journal:
                 raise unwritable(self.path, exc) from None
             if spilled:
                 self.spill_path.unlink(missing_ok=True)
-                self._log.info("journal_spill_written", rows=len(spilled) - len(refused),
+                self._log.info("journal_spill_replayed", rows=len(spilled) - len(refused),
                                file=str(self.spill_path))
             for op, why in refused:
                 self._log.error("journal_row_refused", op=op.name, error=why)

@@ -130,6 +130,23 @@ def unwritable(path: Path, exc: BaseException) -> JournalUnwritable:
     return JournalUnwritable(f"cannot write journal {path}: {text}")
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_header(path: Path) -> None:
+    """Raise JournalCorrupt when a non-empty `path` does not start as a SQLite file does: found
+    before SQLite opens it, so its -wal and -shm files are left as they are, to be moved aside."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise JournalUnwritable(f"cannot read journal {path}: {exc.strerror or exc}") from None
+    if head and head != SQLITE_HEADER:
+        raise JournalCorrupt(f"journal {path} is corrupt (file is not a database)")
+
+
 def inspect(path: Path, db: sqlite3.Connection) -> int | None:
     """The schema version of the soakd journal open on `db`, or None for an empty file.
     Raises JournalCorrupt, JournalRefused, or JournalUnwritable when SQLite cannot open it."""

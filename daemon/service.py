@@ -175,7 +175,8 @@ class Service:
         with contextlib.ExitStack() as stack:
             for step in steps:
                 if self.stop_event.is_set():
-                    self.log.info("stop_requested_during_startup", next_step=step.__name__.strip("_"))
+                    self.log.info("stop_requested_during_startup", next_step=step.__name__.strip("_"),
+                                  signals_ignored=self.inbox.names(self.inbox.take()))
                     break
                 step(stack)
             else:
@@ -354,7 +355,7 @@ class Service:
         for signum, received in self.inbox.take():
             name = signal.Signals(signum).name
             early = received < self._ready_at
-            self.log.info("signal", signal=name, received_during_startup=early or None)
+            self.log.info("signal", signal=name, **({"received_during_startup": True} if early else {}))
             self.journal.add_event("signal", {"signal": name, **({"during_startup": True} if early else {})},
                                    rotation_id=self._rotation_id)
             if signum == signal.SIGUSR1:

@@ -42,6 +42,11 @@ class SignalInbox:
             out.append(self._queue.popleft())
         return out
 
+    @staticmethod
+    def names(entries: list[tuple[int, float]]) -> list[str]:
+        """The signal names of `take()`'s entries, e.g. ["SIGUSR1", "SIGTERM"]."""
+        return [signal.Signals(signum).name for signum, _ in entries]
+
 
 _inbox: SignalInbox | None = None
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -48,12 +50,12 @@ replay_file = "{REPLAY}"
 
 class Daemon:
     def __init__(self, state_dir: Path, config: Path, port: int | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, log_dir: Path | None = None) -> None:
         self.state_dir = state_dir
         self.config = config
-        self.port = port or free_port()
+        self.port = free_port() if port is None else port
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.log = state_dir / f"daemon-{time.monotonic_ns()}.log"
+        self.log = (log_dir or state_dir) / f"daemon-{time.monotonic_ns()}.log"
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         environment.pop("CI", None)
         self._log_handle = open(self.log, "w", encoding="utf-8")  # noqa: SIM115 - closed in wait()
@@ -69,6 +71,15 @@ class Daemon:
     def scrape(self, timeout: float = 5.0) -> str:
         with urllib.request.urlopen(self.url, timeout=timeout) as response:
             return str(response.read().decode())
+
+    def healthz(self, timeout: float = 5.0) -> dict[str, Any]:
+        """GET /healthz as JSON, whatever its status code."""
+        url = f"http://127.0.0.1:{self.port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as error:  # 503 still carries the document
+            return dict(json.loads(error.read()))
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -108,7 +119,8 @@ class Daemon:
             self._log_handle.close()
 
     def output(self) -> str:
-        self._log_handle.flush()
+        if not self._log_handle.closed:
+            self._log_handle.flush()
         return self.log.read_text(encoding="utf-8", errors="replace")[-6000:]
 
     def stop(self) -> None:

@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_or_exit(args)
     log.configure(config.log_format, config.log_level)
     if inbox.stop.is_set():
-        log.get_logger().info("stopped", reason="stop requested during start-up, before the state directory was used")
+        log.get_logger().info("stopped", reason="stop requested during start-up, before the state directory was used",
+                              signals=inbox.names(inbox.take()))
         return 0
     from daemon.instance import StartupError
     from daemon.service import Service
