@@ -167,7 +167,7 @@ class MetricsServer:
         self._thread.start()
         return self.address
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self, timeout: float = 1.0) -> None:
         """Close the listening socket and every connection, end the threads."""
         if self._server is None:
             return

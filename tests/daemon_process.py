@@ -112,6 +112,15 @@ class Daemon:
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
 
+    def assert_stops_cleanly(self, within: float = 10.0) -> None:
+        """SIGTERM: the daemon exits 0 within `within` seconds (it is waited on for 15)."""
+        sent = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        code = self.wait(15)
+        elapsed = time.monotonic() - sent
+        assert code == 0, self.output()
+        assert elapsed < within, f"took {elapsed:.1f} s"
+
     def wait(self, timeout: float) -> int:
         try:
             return self.process.wait(timeout)

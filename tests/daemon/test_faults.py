@@ -92,12 +92,7 @@ def test_sigterm_with_the_journal_locked_exits_0_quickly_and_the_next_run_writes
     wait_until(lambda: rows(journal, "SELECT COUNT(*) FROM slices")[0][0] >= 1, 60, "a slice", daemon.output)
     with locked_journal(journal):
         time.sleep(2.5)  # slices end while the journal is locked
-        sent = time.monotonic()
-        daemon.signal(signal.SIGTERM)
-        code = daemon.wait(15)
-        elapsed = time.monotonic() - sent
-        assert code == 0, daemon.output()
-        assert elapsed < 10, f"took {elapsed:.1f} s"
+        daemon.assert_stops_cleanly(within=10)
     assert "journal_rows_spilled" in daemon.output()
     before = rows(journal, "SELECT COUNT(*) FROM slices")[0][0]
     again = Daemon(state, write_config(tmp_path / "again.toml", run_at_start=False))
