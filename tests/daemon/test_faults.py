@@ -138,8 +138,8 @@ def test_a_journal_that_is_not_ours_is_refused_in_one_line_and_left_alone(
     assert run.returncode == 78, run.stdout + run.stderr
     assert run.stderr.count("\n") == 1 and message in run.stderr and "Traceback" not in run.stderr
     assert hashlib.sha256((state / "journal.sqlite3").read_bytes()).hexdigest() == digest
-    for command in ("status", "history"):
-        code, out, err = run_main([command, "--state-dir", str(state)], capsys)
+    for command in (["status"], ["history"], ["report", "--out", str(tmp_path / "report")]):
+        code, out, err = run_main([*command, "--state-dir", str(state)], capsys)
         assert code == 1 and out == "" and err.count("\n") == 1 and message in err
 
 
