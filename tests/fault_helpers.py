@@ -6,6 +6,7 @@ capability, as on this project's machines); elsewhere it is the journal's test h
 (SOAKD_TEST_DISK_FULL_FILE, daemon/journal.py), which makes every journal write fail with
 SQLite's own "database or disk is full" while the test says the disk is full. A read-only
 state directory is a read-only tmpfs as root, or a mode-555 directory for anyone else.
+SOAKD_TESTS_NO_MOUNT=1 makes these helpers take the stand-ins even where they could mount.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from daemon_process import REPO
 
 
 def _mount(*args: str) -> bool:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
+    if os.geteuid() != 0 or shutil.which("mount") is None or os.environ.get("SOAKD_TESTS_NO_MOUNT") == "1":
         return False
     return subprocess.run(["mount", *args], capture_output=True, check=False).returncode == 0
 
