@@ -135,7 +135,7 @@ class Journal:
         db = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True,
                              check_same_thread=False, timeout=OPEN_BUSY_TIMEOUT_S)
         try:
-            if inspect(self.path, db) is None:
+            if inspect(self.path, db, quick_check=False) is None:  # a damaged page shows when read
                 raise JournalEmpty(f"journal {self.path} is empty (soakd has not written to it yet)")
         except BaseException:
             db.close()

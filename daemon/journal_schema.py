@@ -147,8 +147,10 @@ def check_header(path: Path) -> None:
         raise JournalCorrupt(f"journal {path} is corrupt (file is not a database)")
 
 
-def inspect(path: Path, db: sqlite3.Connection) -> int | None:
-    """The schema version of the soakd journal open on `db`, or None for an empty file.
+def inspect(path: Path, db: sqlite3.Connection, quick_check: bool = True) -> int | None:
+    """The schema version of the soakd journal open on `db`, or None for an empty file; with
+    `quick_check`, its pages are checked too (the daemon at start; it reads every page: 0.1 s
+    for an 84 MB journal here, from the page cache).
     Raises JournalCorrupt, JournalRefused, or JournalUnwritable when SQLite cannot open it."""
     try:
         app_id = int(db.execute("PRAGMA application_id").fetchone()[0])
@@ -172,7 +174,7 @@ def inspect(path: Path, db: sqlite3.Connection) -> int | None:
                 if wanted - have:
                     raise JournalRefused(f"{path} is not a soakd journal (table {table} has no "
                                          f"{', '.join(sorted(wanted - have))})")
-        check = [r[0] for r in db.execute("PRAGMA quick_check").fetchall()]
+        check = [r[0] for r in db.execute("PRAGMA quick_check").fetchall()] if quick_check else ["ok"]
         if check != ["ok"]:
             raise JournalCorrupt(f"journal {path} is corrupt ({'; '.join(check[:2])})")
         return version
