@@ -82,15 +82,17 @@ class Daemon:
             return dict(json.loads(error.read()))
 
     def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until /healthz says the daemon runs (every start-up step done, the schedule set)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"daemon exited early:\n{self.output()}")
             try:
-                self.scrape(timeout=1.0)
-                return
-            except OSError:
-                time.sleep(0.2)
+                if "daemon starting" not in self.healthz(timeout=1.0)["problems"]:
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.2)
         raise AssertionError(f"daemon not ready:\n{self.output()}")
 
     def value(self, name: str, **labels: str) -> float:
