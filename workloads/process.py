@@ -146,7 +146,7 @@ class WorkerState:
         assert workload.run is not None, f"backend {command.backend} prepared no run configuration"
         emit(Prepared(run=workload.run, device_name=workload.device_label,
                       prepare_seconds=prepare_seconds, warmed_up=warmed is not None,
-                      info=dict(workload.info)))
+                      info=dict(workload.info), ready_at=time.monotonic()))
         if warmed is not None:
             emit(warmed)
 
