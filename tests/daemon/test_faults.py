@@ -16,6 +16,8 @@ from daemon_process import Daemon, free_port, write_config
 from fault_helpers import locked_journal, read_only_dir, rows, run_soakd, small_filesystem, wait_until
 from test_config import REPORTED
 
+from daemon.journal import SCHEMA_VERSION
+
 pytestmark = pytest.mark.slow
 PHASES = ["matmul", "conv", "attention"]
 
