@@ -130,7 +130,7 @@ def runtime_availability() -> Availability:
 
 
 def check_compute_units(name: str) -> str:
-    """The compute-unit name itself when Core ML knows it; ValueError naming the choices."""
+    """The compute-unit name itself when Core ML knows it; raises ValueError naming the choices."""
     if name not in COMPUTE_UNIT_NAMES:
         raise ValueError(f"unknown Core ML compute unit {name!r} "
                          f"(choose from {', '.join(COMPUTE_UNIT_NAMES)})")
