@@ -139,9 +139,11 @@ def percentile(values: list[float], q: float) -> float:
 def run_daemon(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Run `soakd run` with a config written under `out` until one rotation has completed or
     failed, with the NVML trace and the /metrics load beside it, then stop it (SIGTERM, kill
-    after 30 s). Returns the trace, the latencies and errors, the state dir, the start time
-    (unix s), the log path and the exit code. Raises RuntimeError when the daemon exits early
-    or no rotation ends within `args.timeout` seconds."""
+    after 30 s). The last /metrics scrape is written to `out`/metrics.txt. Returns the trace,
+    the latencies and errors, the state dir, the start time (unix s), the log path, the exit
+    code, the daemon's RSS (bytes) when the rotation ended and that last scrape. Raises
+    RuntimeError when the daemon exits early or no rotation ends within `args.timeout`
+    seconds."""
     state = out / "state"
     state.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -223,7 +225,8 @@ def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """The summary of a `run_daemon` run, from its journal, JSON log and trace: per phase wall
     and load-gap seconds, the largest slice boundary, TFLOP/s by device, steady and lowest
     boundary power (W); the rotation's wall time against the planned phase time; /metrics
-    latency p50/p99/max in ms."""
+    latency p50/p99/max in ms; the daemon's RSS (MiB), the journal's device-outlier events and
+    the scrape's relative-throughput lines."""
     db = sqlite3.connect(run["state"] / "journal.sqlite3")
     db.row_factory = sqlite3.Row
     rotation = dict(db.execute("SELECT * FROM rotations ORDER BY id LIMIT 1").fetchone())
