@@ -366,7 +366,7 @@ class CoreMLWorkload(PreparedWorkload):
         return torch.from_numpy(sample)
 
     def close(self) -> None:
-        """Drop the loaded model and the buffers (Core ML frees them with the model)."""
+        """Drop the loaded model, the input buffers and the last output."""
         self.predictor = None
         self.inputs = {}
         self.last_output = None
