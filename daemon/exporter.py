@@ -58,6 +58,10 @@ class WorkloadMetrics:
     per step), never from the live configuration, so a reload mid-rotation changes nothing
     already running. Stability trackers are kept per series and run configuration: slices
     that ran differently are never pooled.
+
+    Every instrument is registered in `registry` (names, labels and help from
+    daemon/metric_catalog.py); `now` is the wall clock in seconds since the epoch (time.time),
+    injectable for tests. The methods may be called from several threads (one lock).
     """
 
     def __init__(self, registry: CollectorRegistry, now: Callable[[], float] = time.time) -> None:
@@ -198,7 +202,8 @@ class WorkloadMetrics:
 
     def device_verdicts(self, phase: str, backend: str, precision: str,
                         verdicts: dict[str, DeviceVerdict]) -> None:
-        """A phase's per-device verdicts (daemon/verdicts.py)."""
+        """A phase's per-device verdicts (daemon/verdicts.py), keyed by device index: sets each
+        device's throughput over the host's median device (a ratio) and its outlier flag (1/0)."""
         with self._lock:
             for device, verdict in verdicts.items():
                 key = (phase, backend, precision, device)
@@ -262,7 +267,9 @@ class WorkloadMetrics:
                     metric.labels(*key)
 
     def rotation_finished(self, result: str, seconds: float) -> None:
-        """A rotation ended with `result` after `seconds` of wall time."""
+        """A rotation ended with `result` (completed, stopped, failed, skipped or interrupted)
+        after `seconds` of wall time; a skipped rotation is counted but not timed. Every series
+        stops being active and the worker memory figures are cleared."""
         self.rotation_active.set(0)
         self.rotations.labels(result=result).inc()
         if result != "skipped":
@@ -275,7 +282,9 @@ class WorkloadMetrics:
             self.worker_memory = {}  # no worker runs between rotations
 
     def micro_results(self, results: list[MicroResult]) -> None:
-        """One micro-benchmark suite run's results."""
+        """One micro-benchmark suite run's results: per backend, category, op and size, the
+        median time in seconds and, where the op has them, FLOP/s and bytes/s (from the
+        results' GFLOP/s and GB/s, times 1e9)."""
         self.micro_runs.inc()
         for row in results:
             labels = (row.backend, row.category, row.op, row.size)

@@ -18,6 +18,9 @@ RUN_CONFIG = ("run_key", "shapes", "technique", "memory_format", "variant", "tf3
 
 @dataclass(frozen=True)
 class MetricDef:
+    """One exported metric: `name` as declared (a counter's `_total` included, in base units),
+    `kind` (counter, gauge, histogram or info), its label names in order, and its help text."""
+
     name: str
     kind: str  # counter | gauge | histogram | info
     labels: tuple[str, ...]
