@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from daemon.metric_catalog import BY_NAME, MetricDef
 from daemon.stability import StabilityTracker, window_for
@@ -93,6 +95,8 @@ class WorkloadMetrics:
         self.rotations = i("soakd_rotations_total")
         self.rotation_duration = i("soakd_rotation_duration_seconds", buckets=ROTATION_BUCKETS)
         self.rotation_active = i("soakd_rotation_active")
+        self.plan_state = RotationPlanCollector()
+        registry.register(self.plan_state)
         self.last_rotation_end = i("soakd_last_rotation_end_timestamp_seconds")
         self.micro_runs = i("soakd_micro_runs_total")
         self.micro_seconds = i("soakd_micro_seconds")
@@ -266,6 +270,20 @@ class WorkloadMetrics:
                                self.load_gap, self.phase_seconds):
                     metric.labels(*key)
 
+    def rotation_progress(self, ratio: float | None, remaining_s: float | None) -> None:
+        """Where the running rotation is; None (between rotations) removes the gauges."""
+        self.plan_state.values.update(progress=ratio, remaining=remaining_s)
+
+    def rotation_plan(self, estimate_s: float, interval_s: float | None, fits: bool | None) -> None:
+        """The chosen profile's estimated rotation time against the schedule's interval."""
+        self.plan_state.values.update(estimate=estimate_s, interval=interval_s,
+                                      fits_estimate=None if fits is None else float(fits))
+
+    def rotation_measured(self, seconds: float, interval_s: float | None) -> None:
+        """The last rotation's wall time against the interval."""
+        if interval_s is not None:
+            self.plan_state.values["fits_measured"] = float(seconds <= interval_s)
+
     def rotation_finished(self, result: str, seconds: float) -> None:
         """A rotation ended with `result` (completed, stopped, failed, skipped or interrupted)
         after `seconds` of wall time; a skipped rotation is counted but not timed. Every series
@@ -275,6 +293,7 @@ class WorkloadMetrics:
         if result != "skipped":
             self.rotation_duration.observe(seconds)
         self.last_rotation_end.set(self._now())
+        self.rotation_progress(None, None)
         with self._lock:
             for key in self.active_keys:
                 self.active.labels(*key).set(0)
@@ -293,6 +312,30 @@ class WorkloadMetrics:
                 self.micro_flops.labels(*labels).set(row.gflops * 1e9)
             if row.gb_per_s is not None:
                 self.micro_bytes.labels(*labels).set(row.gb_per_s * 1e9)
+
+
+class RotationPlanCollector(Collector):
+    """The rotation's progress and its fit to the interval, each present only while known."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float | None] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        """The gauges whose values are set now."""
+        values = dict(self.values)
+        for key, name in (("progress", "soakd_rotation_progress_ratio"),
+                          ("remaining", "soakd_rotation_remaining_seconds"),
+                          ("estimate", "soakd_rotation_estimated_seconds"),
+                          ("interval", "soakd_rotation_interval_seconds")):
+            if values.get(key) is not None:
+                yield GaugeMetricFamily(name, BY_NAME[name].help, value=values[key])
+        fits = GaugeMetricFamily("soakd_rotation_fits_interval", BY_NAME["soakd_rotation_fits_interval"].help,
+                                 labels=["basis"])
+        for basis in ("estimate", "measured"):
+            value = values.get(f"fits_{basis}")
+            if value is not None:
+                fits.add_metric([basis], value)
+        yield fits
 
 
 def series_key(context: SliceContext) -> Key:
