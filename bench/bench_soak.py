@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -60,6 +62,9 @@ class Trace:
 
 
 def trace_nvml(stop: threading.Event, trace: Trace, interval: float = 0.1) -> None:
+    """Append every GPU's energy counter (mJ) and SM clock (MHz) to `trace` every `interval`
+    seconds until `stop` is set; also records each GPU's name and enforced power limit (W).
+    Returns at once without NVML (no driver); an NVML error mid-trace propagates."""
     import pynvml
 
     try:
@@ -83,6 +88,8 @@ def trace_nvml(stop: threading.Event, trace: Trace, interval: float = 0.1) -> No
 
 def load_metrics(url: str, rate: float, stop: threading.Event, latencies: list[float],
                  errors: list[str]) -> None:
+    """GET `url` at `rate` requests/s until `stop` is set, one at a time; each answer's
+    latency (seconds) goes to `latencies`, each failure's repr to `errors`."""
     next_at = time.monotonic()
     while not stop.is_set():
         started = time.perf_counter()
@@ -97,12 +104,15 @@ def load_metrics(url: str, rate: float, stop: threading.Event, latencies: list[f
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
 def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` (a line prefix) that carry `labels`, scraped from
+    `url`; 0.0 when the scrape fails."""
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
@@ -116,6 +126,7 @@ def metric(url: str, name: str, **labels: str) -> float:
 
 
 def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100) of `values`; NaN when empty."""
     ordered = sorted(values)
     if not ordered:
         return float("nan")
@@ -126,6 +137,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_daemon(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Run `soakd run` with a config written under `out` until one rotation has completed or
+    failed, with the NVML trace and the /metrics load beside it, then stop it (SIGTERM, kill
+    after 30 s). The last /metrics scrape is written to `out`/metrics.txt. Returns the trace,
+    the latencies and errors, the state dir, the start time (unix s), the log path, the exit
+    code, the daemon's RSS (bytes) when the rotation ended and that last scrape. Raises
+    RuntimeError when the daemon exits early or no rotation ends within `args.timeout`
+    seconds."""
     state = out / "state"
     state.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -163,6 +181,7 @@ nvml = true
                                 "--state-dir", str(state)], cwd=REPO, env=env, stdout=log,
                                stderr=subprocess.STDOUT)
     loader = None
+    rss, final_scrape = 0, ""
     try:
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline and metric(url, "soakd_rotation_active") < 1:
@@ -176,6 +195,9 @@ nvml = true
             done = metric(url, "soakd_rotations_total", result="completed") + \
                 metric(url, "soakd_rotations_total", result="failed")
             if done >= 1:
+                rss = psutil.Process(process.pid).memory_info().rss
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    final_scrape = response.read().decode()
                 break
             if process.poll() is not None:
                 raise RuntimeError(f"daemon exited with {process.returncode}; see {out / 'daemon.log'}")
@@ -193,11 +215,18 @@ nvml = true
         tracer.join(5)
         if loader is not None:
             loader.join(5)
+    (out / "metrics.txt").write_text(final_scrape, encoding="utf-8")
     return {"trace": trace, "latencies": latencies, "errors": errors, "state": state,
-            "started": started, "log": out / "daemon.log", "exit": process.returncode}
+            "started": started, "log": out / "daemon.log", "exit": process.returncode,
+            "daemon_rss": rss, "scrape": final_scrape}
 
 
 def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The summary of a `run_daemon` run, from its journal, JSON log and trace: per phase wall
+    and load-gap seconds, the largest slice boundary, TFLOP/s by device, steady and lowest
+    boundary power (W); the rotation's wall time against the planned phase time; /metrics
+    latency p50/p99/max in ms; the daemon's RSS (MiB), the journal's device-outlier events and
+    the scrape's relative-throughput lines."""
     db = sqlite3.connect(run["state"] / "journal.sqlite3")
     db.row_factory = sqlite3.Row
     rotation = dict(db.execute("SELECT * FROM rotations ORDER BY id LIMIT 1").fetchone())
@@ -264,10 +293,16 @@ def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                     "p50_ms": percentile(latencies, 50) * 1e3, "p99_ms": percentile(latencies, 99) * 1e3,
                     "max_ms": (latencies[-1] * 1e3) if latencies else None},
         "daemon_exit": run["exit"],
+        "daemon_rss_mib": run["daemon_rss"] / 2**20,
+        "device_outliers": [json.loads(r[0]) for r in db.execute(
+            "SELECT detail FROM events WHERE kind = 'device_outlier'")],
+        "relative_throughput": [line for line in run["scrape"].splitlines()
+                                if line.startswith("soakd_device_relative_throughput_ratio{")],
     }
 
 
 def render(summary: dict[str, Any], args: argparse.Namespace) -> str:
+    """The summary as a Markdown table and two lines, for bench/RESULTS.md."""
     lines = [f"GPUs: {summary['gpus']}; enforced power limit {summary['power_limit_w']} W",
              f"phase_seconds {args.phase_seconds}, slice_seconds {args.slice_seconds}, {args.precision}",
              "| phase | technique | wall s | load gap s (share) | largest boundary s | TFLOP/s by device "
@@ -285,12 +320,16 @@ def render(summary: dict[str, Any], args: argparse.Namespace) -> str:
     lines.append(f"rotation {r['result']}: wall {r['wall_seconds']:.1f} s = {r['ratio']:.3f} x planned "
                  f"{r['planned_seconds']:.0f} s; from the first phase's start "
                  f"{r['wall_from_first_phase_seconds']:.1f} s = {r['ratio_from_first_phase']:.3f} x")
+    lines.append(f"daemon RSS after the rotation: {summary['daemon_rss_mib']:.1f} MiB; device outliers: "
+                 f"{summary['device_outliers'] or 'none'}")
+    lines += summary["relative_throughput"]
     lines.append(f"/metrics at {args.rate:g}/s during the rotation: {m['requests']} requests, {m['errors']} errors, "
                  f"p50 {m['p50_ms']:.2f} ms, p99 {m['p99_ms']:.2f} ms, max {m['max_ms']:.2f} ms")
     return "\n".join(lines)
 
 
 def main() -> int:
+    """Run, analyse, write trace.csv and summary.json under --out, print the table; 0."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phase-seconds", type=float, default=120.0)
     parser.add_argument("--slice-seconds", type=float, default=30.0)

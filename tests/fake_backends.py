@@ -193,6 +193,17 @@ class _SlowStepWorkload(TorchWorkload):
 SLOW_STEP_S = 0.004
 
 
+class DeviceLikeBackend(CpuBackend):
+    """Steps that leave the host mostly idle, as a GPU's do (each waits 4 ms after a small CPU
+    step): what runs beside it (a worker preparing ahead) gets the CPU."""
+
+    name = "devicelike-fake"
+
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int,
+                options: PrepareOptions | None = None) -> PreparedWorkload:
+        return _as(super().prepare(spec, precision, seed, options), _SlowStepWorkload)
+
+
 class MultiDeviceBackend(CpuBackend):
     """Three stand-in GPUs (devices "0", "1", "2"), each the CPU; device "2" is slow."""
 
@@ -207,6 +218,27 @@ class MultiDeviceBackend(CpuBackend):
         if options is not None and options.device == "2":
             return _as(workload, _SlowStepWorkload)
         return workload
+
+
+# How much a step of the spiky backend allocates and frees again (bytes).
+SPIKE_BYTES = 600 * 2**20
+
+
+class _SpikyWorkload(TorchWorkload):
+    def step(self) -> None:
+        super().step()
+        buffer = torch.ones(SPIKE_BYTES // 4, dtype=torch.float32)  # touched: resident
+        del buffer
+
+
+class SpikyBackend(CpuBackend):
+    """Each step holds 600 MiB for a moment and frees it: RSS sampled between steps misses it."""
+
+    name = "spiky-fake"
+
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int,
+                options: PrepareOptions | None = None) -> PreparedWorkload:
+        return _as(super().prepare(spec, precision, seed, options), _SpikyWorkload)
 
 
 # Every step of the paced stand-in takes this long, compute included (the issue's example: every

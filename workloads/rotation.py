@@ -36,6 +36,19 @@ from workloads.backends import (
     resolve_backends,
 )
 from workloads.baseline import DEFAULT_MAX_AGE_S, BaselineRecord, load_baseline, store_baseline
+from workloads.events import (
+    BaselineReused,
+    FallbackTaken,
+    PhaseEnded,
+    PhaseStarted,
+    RotationCallback,
+    RotationEvent,
+    RotationResolved,
+    SliceContext,
+    SliceEnded,
+    SliceStarted,
+    WorkerReplaced,
+)
 from workloads.phases import PHASE_NAMES, AttentionSpec, Mode, PhaseSpec, Profile, default_attention_variant
 from workloads.process import InProcessWorker, Worker, probe
 from workloads.protocol import (
@@ -57,111 +70,6 @@ FALLBACK_REASONS = frozenset({
 # A worker that died or hung: replaced once per phase; a second time, the lane falls back.
 CRASH_REASONS = frozenset({"killed", "overrun", "worker_exit"})
 
-
-# --- what the rotation tells its caller ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SliceContext:
-    """Where an event came from: phase, backend (where it really ran), device, precision, and
-    the slice's own spec (every figure about a slice comes from it, never from live config)."""
-
-    phase: str
-    requested_backend: str
-    backend: str
-    precision: str
-    spec: PhaseSpec
-    device: str = "0"
-    baseline: bool = False
-    slice_id: int = 0
-    concurrent: bool = False  # other lanes ran in the same round (they share the host's energy)
-
-    @property
-    def flop_per_step(self) -> int:
-        """FLOP per step of this slice's spec."""
-        return self.spec.flop_per_step()
-
-
-@dataclass(frozen=True)
-class RotationResolved:
-    """What `auto` chose here: backends, precisions, and each backend's devices."""
-
-    backends: tuple[str, ...]
-    precisions: tuple[str, ...]
-    devices: dict[str, tuple[str, ...]]
-    seconds: float
-
-
-@dataclass(frozen=True)
-class BaselineReused:
-    """A stored CPU baseline stands in for a measurement (workloads/baseline.py)."""
-
-    record: BaselineRecord
-
-
-@dataclass(frozen=True)
-class PhaseStarted:
-    """A phase (at one precision) begins: its workers are prepared; the clock starts now."""
-
-    phase: str
-    precision: str
-    planned_seconds: float
-    started: float  # monotonic
-    slices: int
-
-
-@dataclass(frozen=True)
-class PhaseEnded:
-    """A phase ended: its wall time and the time no measured step ran (summed over lanes)."""
-
-    phase: str
-    precision: str
-    wall_seconds: float
-    gap_seconds: float
-    ended: float  # monotonic
-
-
-@dataclass(frozen=True)
-class SliceStarted:
-    """A slice's turn begins (`turn_started`, monotonic); `index` of `slices` in the phase."""
-
-    slice_id: int
-    duration_s: float | None
-    turn_started: float
-    index: int
-    slices: int
-
-
-@dataclass(frozen=True)
-class SliceEnded:
-    """A slice ended; `result` has everything it measured."""
-
-    result: SliceResult
-
-
-@dataclass(frozen=True)
-class FallbackTaken:
-    """A lane moved along its fallback chain."""
-
-    from_backend: str
-    to_backend: str
-    reason: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class WorkerReplaced:
-    """A worker was replaced: `reason` is `age`, `memory` or the crash's reason."""
-
-    reason: str
-    old_pid: int | None
-    new_pid: int | None
-    detail: str = ""
-
-
-RotationEvent = (WorkerEvent | RotationResolved | BaselineReused | PhaseStarted | PhaseEnded
-                 | SliceStarted | SliceEnded | FallbackTaken | WorkerReplaced)
-RotationCallback = Callable[[SliceContext | None, RotationEvent], None]
 
 
 # --- the plan --------------------------------------------------------------------------------
@@ -586,9 +494,8 @@ class RotationRunner:
         if worker is None or lane.replacement is not None:
             return
         memory = _memory(worker)
-        if lane.base_memory is None:
+        if lane.base_memory is None:  # what the worker holds after its first slice
             lane.base_memory = memory
-            return
         reason = ""
         if policy.max_age_s > 0 and worker.age() > policy.max_age_s:
             reason = "age"
@@ -664,31 +571,3 @@ def run_rotation(plan: RotationPlan, on_event: RotationCallback | None = None,
                  stop: threading.Event | None = None) -> list[PhaseResult]:
     """Run `plan` (see `RotationRunner`)."""
     return RotationRunner(plan, on_event, stop).run()
-
-
-def speedups(results: list[PhaseResult]) -> dict[int, float | None]:
-    """Throughput over the CPU's for the same phase and shapes (same precision preferred), by
-    result index. A CPU run of other shapes (another run configuration) is never a base."""
-    out: dict[int, float | None] = {}
-    for i, result in enumerate(results):
-        shapes = result.run.shapes if result.run is not None else None
-        cpu = [r for r in results if r.phase == result.phase and r.backend == "cpu" and r.steps
-               and (shapes is None or r.run is None or r.run.shapes == shapes
-                    or (r.cached_baseline or {}).get("shapes") == shapes)]
-        # the CPU baseline first, then a CPU run of the same precision, then any CPU run
-        cpu.sort(key=lambda r: (not r.baseline, r.precision != result.precision))
-        base = cpu[0].steps_per_second if cpu else 0.0
-        out[i] = result.steps_per_second / base if base > 0 and result.steps else None
-    return out
-
-
-def summarize(results: list[PhaseResult]) -> list[dict[str, object]]:
-    """Result dicts with `speedup_vs_cpu` filled in."""
-    ratios = speedups(results)
-    rows = []
-    for i, result in enumerate(results):
-        row = result.to_dict()
-        row["speedup_vs_cpu"] = ratios[i]
-        rows.append(row)
-    return rows
-

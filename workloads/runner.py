@@ -329,3 +329,31 @@ def run_slice(request: SliceRequest, on_event: Any = None, stop: threading.Event
     finally:
         worker.close()
     return result
+
+
+def speedups(results: list[PhaseResult]) -> dict[int, float | None]:
+    """Throughput over the CPU's for the same phase and shapes (same precision preferred), by
+    result index. A CPU run of other shapes (another run configuration) is never a base."""
+    out: dict[int, float | None] = {}
+    for i, result in enumerate(results):
+        shapes = result.run.shapes if result.run is not None else None
+        cpu = [r for r in results if r.phase == result.phase and r.backend == "cpu" and r.steps
+               and (shapes is None or r.run is None or r.run.shapes == shapes
+                    or (r.cached_baseline or {}).get("shapes") == shapes)]
+        # the CPU baseline first, then a CPU run of the same precision, then any CPU run
+        cpu.sort(key=lambda r: (not r.baseline, r.precision != result.precision))
+        base = cpu[0].steps_per_second if cpu else 0.0
+        out[i] = result.steps_per_second / base if base > 0 and result.steps else None
+    return out
+
+
+def summarize(results: list[PhaseResult]) -> list[dict[str, object]]:
+    """Result dicts with `speedup_vs_cpu` filled in."""
+    ratios = speedups(results)
+    rows = []
+    for i, result in enumerate(results):
+        row = result.to_dict()
+        row["speedup_vs_cpu"] = ratios[i]
+        rows.append(row)
+    return rows
+

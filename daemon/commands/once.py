@@ -22,8 +22,8 @@ from workloads.rotation import (
     RotationPlan,
     RotationRunner,
     SliceContext,
-    summarize,
 )
+from workloads.runner import summarize
 
 
 def register(subparsers: Any) -> None:
@@ -147,7 +147,7 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
 
 def render_table(rows: list[dict[str, Any]]) -> str:
     """The `soakd once` table: one line per summarized phase x backend x precision row
-    (workloads.rotation.summarize's dicts), then the fallbacks with their reasons."""
+    (workloads.runner.summarize's dicts), then the fallbacks with their reasons."""
     header = (f"{'phase':<10} {'backend':<16} {'prec':<5} {'steps/s':>10} {'TFLOP/s':>9} "
               f"{'p50 ms':>9} {'p99 ms':>9} {'vs CPU':>7} {'success':>8} {'mism':>5} {'rss MiB':>9} "
               f"{'dev MiB':>9}")

@@ -28,6 +28,8 @@ from daemon.report.statistics import (
 )
 from daemon.report.units import duration, si_scale
 from daemon.stability import system_energy
+from workloads.backends.registry import BASELINE_COLOUR
+from workloads.backends.registry import colour as backend_colour
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -38,8 +40,6 @@ SHADE_MAX_ROTATIONS = 3  # phase bands on telemetry plots only while they stay r
 BIN_SECONDS_OVER = 1500  # telemetry rows beyond which a plot shows bins, not every row
 BINS = 600
 _MARKERS_UP_TO = 60  # points per line; beyond that markers hide the line
-_COLOURS = {"mps": "#1f77b4", "coreml-ane": "#d62728", "cuda": "#2ca02c", "cpu": "#ff7f0e",
-            "cpu baseline": "#7f7f7f", "coreml-gpu": "#9467bd", "coreml-cpu": "#8c564b", "coreml-all": "#e377c2"}
 _SPARE_COLOURS = ("#17becf", "#bcbd22", "#393b79", "#8c6d31", "#843c39", "#7b4173")
 TICK_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200)
 # thermal bands from calm to severe, same order as daemon.levels.LEVELS
@@ -75,7 +75,7 @@ class Plotter:
         spare = [c for c in _SPARE_COLOURS]
         taken: set[tuple[str, bool]] = set()
         for lane in lanes:  # one colour per backend in every report; a fallback has where it ran, dashed
-            colour = _COLOURS.get("cpu baseline" if lane.baseline else lane.backend)
+            colour = BASELINE_COLOUR if lane.baseline else backend_colour(lane.backend)
             dashed = lane.requested != lane.backend
             if colour is None or (colour, dashed) in taken:
                 colour = spare.pop(0) if spare else "#333333"

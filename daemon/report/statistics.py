@@ -34,10 +34,7 @@ from typing import Any
 
 from daemon.report.units import clip
 from daemon.stability import system_energy
-
-# Display order of backends: the accelerators first, the CPU last. Unknown backends go after.
-BACKEND_RANK = {"mps": 0, "cuda": 0, "coreml-ane": 1, "coreml-gpu": 2, "coreml-all": 3, "coreml-cpu": 4,
-                "cpu": 5}
+from workloads.backends import registry as backend_registry
 
 
 @dataclass(frozen=True)
@@ -261,8 +258,8 @@ def lane_stats(slices: Sequence[dict[str, Any]]) -> dict[Key, LaneStats]:
 
 def lane_key(lane: Lane) -> tuple[bool, bool, int, int, str]:
     """Lanes as the page lists them: asked-for backends first, fallbacks after them, the baseline last."""
-    return (lane.baseline, lane.requested != lane.backend, BACKEND_RANK.get(lane.backend, 6),
-            BACKEND_RANK.get(lane.requested, 6), lane.run)
+    return (lane.baseline, lane.requested != lane.backend, backend_registry.rank(lane.backend),
+            backend_registry.rank(lane.requested), lane.run)
 
 
 def ordered_lanes(stats: Mapping[Key, LaneStats]) -> list[Lane]:

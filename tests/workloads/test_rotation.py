@@ -31,10 +31,8 @@ from workloads.rotation import (
     SliceStarted,
     _Lane,
     _rounds,
-    speedups,
-    summarize,
 )
-from workloads.runner import PhaseResult, SliceRequest, run_slice
+from workloads.runner import PhaseResult, SliceRequest, run_slice, speedups, summarize
 
 
 @pytest.fixture(autouse=True)
@@ -351,3 +349,18 @@ def test_the_variant_is_part_of_the_run_label() -> None:
                             precisions=["fp32"], in_process=True)
     (other,) = RotationRunner(standard).run()
     assert other.run is not None and other.run.key != result.run.key
+
+
+def test_a_new_backend_is_one_class_and_one_registry_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backend declared in workloads/backends/registry.py (here a stand-in "xpu" that is the CPU
+    under another name) is found by name, has its fallback chain, rank and colour, and runs."""
+    from workloads.backends import registry
+
+    entry = registry.BackendSpec("xpu-fake", "torch", "fake_backends:PlainBackend", ("cpu",), 0, "#123456",
+                                 "a stand-in accelerator")
+    monkeypatch.setitem(registry.BACKENDS, entry.name, entry)
+    assert type(get_backend("xpu-fake")).__name__ == "PlainBackend"
+    assert rotation.fallback_chain("xpu-fake") == ["xpu-fake", "cpu"]
+    assert registry.rank("xpu-fake") == 0 and registry.colour("xpu-fake") == "#123456"
+    results, _ = run_plan(["xpu-fake"])
+    assert [(r.backend, r.steps) for r in results] == [("xpu-fake", 3)]

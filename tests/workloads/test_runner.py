@@ -149,7 +149,8 @@ def ended(events: list[tuple[SliceContext | None, RotationEvent]], phase: str | 
 
 def plain_plan(monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> RotationPlan:
     fb.register(monkeypatch, plain=fb.PlainBackend, plain2=fb.PlainBackend,
-                **{fb.CrashOnceBackend.name: fb.CrashOnceBackend})
+                **{fb.CrashOnceBackend.name: fb.CrashOnceBackend,
+                   fb.DeviceLikeBackend.name: fb.DeviceLikeBackend})
     profile = get_profile("ci", {"phase_seconds": 2.0, "slice_seconds": 0.5})
     settings: dict[str, Any] = {"profile": profile, "backends": ["plain", "plain2"],
                                 "phases": ["matmul"], "precisions": ["fp32"], "cpu_baseline": "off"}
@@ -173,24 +174,30 @@ def test_one_worker_serves_every_slice_of_its_phase(monkeypatch: pytest.MonkeyPa
 
 def test_next_phase_is_prepared_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
     """Phase 2's worker is spawned and prepared while phase 1 runs: its first slice does not
-    wait for a process start (about 2-3 s of torch import here)."""
-    _, events = collect(plain_plan(monkeypatch, backends=["plain"], phases=["matmul", "conv"]))
+    wait for a process start (about 2-3 s of torch import here). The backend leaves the host
+    idle between steps, as a GPU does (a CPU-bound phase would starve the preparing worker on
+    a 2-core host; soakd does not prepare ahead while a CPU lane is measured)."""
+    profile = get_profile("ci", {"phase_seconds": 10.0, "slice_seconds": 1.0})
+    backend = fb.DeviceLikeBackend.name
+    _, events = collect(plain_plan(monkeypatch, backends=[backend], phases=["matmul", "conv"], profile=profile))
     phase_one_end = next(e.ended for _, e in events if isinstance(e, PhaseEnded) and e.phase == "matmul")
     conv = ended(events, "conv")
     first = conv[0]
     prepared = next(e for c, e in events if isinstance(e, Prepared) and c is not None and c.phase == "conv")
     assert prepared.prepare_seconds > 0
+    assert prepared.ready_at < phase_one_end  # ready before phase 2 began
     assert first.turn_started >= phase_one_end - 1e-6
     assert first.lead_gap_seconds < 1.0, first.lead_gap_seconds  # warm-up only, no spawn
     # and the same plan without preparing ahead pays the spawn inside the phase
-    _, cold = collect(plain_plan(monkeypatch, backends=["plain"], phases=["matmul", "conv"],
+    short = get_profile("ci", {"phase_seconds": 2.0, "slice_seconds": 1.0})
+    _, cold = collect(plain_plan(monkeypatch, backends=[backend], phases=["matmul", "conv"], profile=short,
                                  workers=WorkerPolicy(prepare_ahead=False)))
     assert ended(cold, "conv")[0].lead_gap_seconds > first.lead_gap_seconds + 0.5
 
 
 def test_recycled_worker_takes_over_at_a_boundary_with_a_short_gap(monkeypatch: pytest.MonkeyPatch) -> None:
     plan = plain_plan(monkeypatch, backends=["plain"],
-                      profile=get_profile("ci", {"phase_seconds": 4.0, "slice_seconds": 0.5}),
+                      profile=get_profile("ci", {"phase_seconds": 8.0, "slice_seconds": 0.5}),
                       workers=WorkerPolicy(max_age_s=1.0, max_memory_growth=0.0))
     _, events = collect(plan)
     replaced = [e for _, e in events if isinstance(e, WorkerReplaced)]
@@ -218,3 +225,17 @@ def test_crashed_worker_is_recorded_and_replaced(monkeypatch: pytest.MonkeyPatch
     good = [s for s in slices if s.failure is None]
     assert good and all(s.worker_pid == replaced.new_pid and s.steps > 0 for s in good)
     assert {r.backend for r in results} == {fb.CrashOnceBackend.name}
+
+
+def test_peak_rss_is_the_workers_high_water_mark(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that holds 600 MiB for a moment: the RSS sampled between segments never sees it
+    (the old "peak" was the largest such sample), the OS's high-water mark does."""
+    fb.register(monkeypatch, **{fb.SpikyBackend.name: fb.SpikyBackend})
+    events: list[WorkerEvent] = []
+    request = SliceRequest(spec=PROFILES["ci"].matmul, backend=fb.SpikyBackend.name, duration_s=None,
+                           max_steps=3, warmup_steps=1, check_every=0, flush_interval_s=0.0)
+    result = run_slice(request, on_event=events.append)
+    assert result.failure is None and result.steps == 3
+    sampled = max(e.memory.rss for e in events if isinstance(e, Steps))
+    assert result.peak_rss_bytes >= sampled + fb.SPIKE_BYTES * 0.9
+    assert result.peak_device_bytes == 0  # no device allocator on the CPU: a separate figure

@@ -14,11 +14,12 @@ from workloads.backends.base import (
     BackendFailure,
     PreparedWorkload,
 )
+from workloads.backends.registry import BACKENDS
 from workloads.protocol import ProbeResult
 
-TORCH_BACKENDS: tuple[str, ...] = ("cpu", "cuda", "mps")
-COREML_BACKENDS: tuple[str, ...] = ("coreml-ane", "coreml-gpu", "coreml-cpu", "coreml-all")
-BACKEND_NAMES: tuple[str, ...] = TORCH_BACKENDS + COREML_BACKENDS
+TORCH_BACKENDS: tuple[str, ...] = tuple(n for n, s in BACKENDS.items() if s.family == "torch")
+COREML_BACKENDS: tuple[str, ...] = tuple(n for n, s in BACKENDS.items() if s.family == "coreml")
+BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)
 
 __all__ = [
     "BACKEND_NAMES",
@@ -42,20 +43,11 @@ __all__ = [
 
 
 def get_backend(name: str) -> Backend:
-    """A backend by name; imports its family's module only when asked for."""
-    if name in TORCH_BACKENDS:
-        from workloads.backends import torch_backend
-
-        classes: dict[str, type[Backend]] = {
-            "cpu": torch_backend.CpuBackend,
-            "cuda": torch_backend.CudaBackend,
-            "mps": torch_backend.MpsBackend,
-        }
-        return classes[name]()
-    if name in COREML_BACKENDS:
-        from workloads.backends import coreml_backend
-
-        return coreml_backend.CoreMLBackend(name)
+    """A backend by name (workloads/backends/registry.py); imports its family's module only
+    when asked for. Raises ValueError for an unknown name."""
+    if name in BACKENDS:
+        backend: Backend = BACKENDS[name].load()
+        return backend
     extra = _extra_backend(name)
     if extra is not None:
         return extra()
@@ -86,12 +78,10 @@ def _extra_backend(name: str) -> type[Backend] | None:
 
 
 def fallback_chain(name: str) -> list[str]:
-    """Where a phase goes when `name` cannot run it: Apple coreml → mps → cpu, NVIDIA cuda → cpu."""
-    if name in COREML_BACKENDS:
-        return [name, "mps", "cpu"]
-    if name in ("mps", "cuda"):
-        return [name, "cpu"]
-    return [name]
+    """Where a phase goes when `name` cannot run it (each backend declares it): Apple coreml →
+    mps → cpu, NVIDIA cuda → cpu; an undeclared (test) backend has no fallback."""
+    spec = BACKENDS.get(name)
+    return [name, *spec.fallback] if spec is not None else [name]
 
 
 def is_apple_silicon() -> bool:
@@ -119,7 +109,8 @@ def auto_backends(probe: ProbeResult) -> list[str]:
 
 def parse_backends(text: str) -> list[str]:
     """A comma list of backend names or `auto`, checked (torch-free; `auto` is kept as the word
-    `auto`: `resolve_backends` expands it); ValueError names the bad entry."""
+    `auto`: `resolve_backends` expands it). Raises ValueError naming the bad entry, or when
+    no backend is given."""
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
         raise ValueError("no backend given")
@@ -153,7 +144,8 @@ def default_precisions(backends: list[str]) -> list[str]:
 
 def parse_precisions(text: str, backends: list[str] | None = None) -> list[str]:
     """A comma list of precisions or `auto`; `auto` expands with `default_precisions(backends)`
-    when `backends` is given (else it stays `auto`); ValueError names a bad one."""
+    when `backends` is given (else it stays `auto`). Raises ValueError naming a bad one, or
+    when no precision is given."""
     out: list[str] = []
     for item in (part.strip() for part in text.split(",") if part.strip()):
         expanded = default_precisions(backends) if item == "auto" and backends is not None else [item]
