@@ -325,9 +325,11 @@ def test_latency_panel_reads_the_exact_quantiles(stack: Stack) -> None:
         values = _by_series(stack.range(expr))
         checked = _check_while_running(f"latency {name}", values, stack, name, 0.10)
         assert checked >= 5, f"{name}: only {checked} s of {PACED} running were seen"
-    # the steps really are 0.3 s (the journal's exact per-slice p50): the case the histogram got wrong
+    # the steps really are about 0.3 s (the journal's exact per-slice p50): the case the histogram
+    # got wrong. The stand-in pads each step to at least 0.3 s; on a loaded 2-core host the
+    # padding overshoots by up to ~7 % (seen), which the panel check above follows exactly.
     medians = [statistics.median(s[2] for s in truth.slices) for truth in _paced_truth(stack).values()]
-    assert medians == [pytest.approx(PACED_STEP_S, rel=0.05)] * len(PHASES)
+    assert all(PACED_STEP_S <= m <= PACED_STEP_S * 1.10 for m in medians), medians
 
 
 def test_summary_table_reads_the_truth(stack: Stack) -> None:
