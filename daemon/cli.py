@@ -53,6 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Exit codes (daemon.clitools): 2 for bad arguments or no command, 130 after Ctrl-C, 141
     when the reader of stdout went away (quietly: `soakd history | head`), else the command's.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:  # the daemon: signal handlers before anything slow
+        from daemon import signals
+
+        signals.install()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -2,6 +2,10 @@
 
 Every bad value is reported as one line naming the key and the value; `soakd run` turns that
 into exit code 78 (EX_CONFIG) so launchd/systemd do not restart-loop on a permanent error.
+Every number has a range (`RANGES`, and the workload overrides' `OVERRIDE_RANGES` in
+workloads/phases.py), checked when the config is loaded and when SIGHUP reloads it: a value
+that parses but would break the daemon later (a 1e12 s interval, a 70-bit seed) is refused
+here. README's configuration section lists the ranges (a test keeps them equal).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class Config:
     jitter_seconds: float = 0.0
     run_at_start: bool = True
     misfire_grace_seconds: float = 3600.0
+    http_idle_timeout_seconds: float = 60.0  # an idle HTTP connection is closed after this
+    http_max_connections: int = 256  # open HTTP connections at most; more wait in the backlog
     backends: str = "auto"
     phases: tuple[str, ...] = ("matmul", "conv", "attention")
     precisions: tuple[str, ...] = ("auto",)  # fp16 when a Core ML backend is compared
@@ -89,20 +95,44 @@ def _str(key: str, value: Any) -> str:
     return value.strip()
 
 
-def _positive(key: str, value: Any) -> float:
+def _float(key: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(key, value, "expected a number")
     try:
-        number = float(value)
-    except (TypeError, ValueError):
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(key, value, "expected a number") from None
-    if isinstance(value, bool) or not number > 0 or number != number or number == float("inf"):
-        raise ConfigError(key, value, "must be a positive number")
+
+
+def _fmt(number: float) -> str:
+    return f"{number:,.10g}".replace(",", "_") if number >= 10_000 else f"{number:g}"
+
+
+def _in_range(key: str, value: Any, number: float) -> None:
+    low, high, unit = RANGES[key]
+    if not low <= number <= high:  # also refuses NaN
+        raise ConfigError(key, value, f"must be between {_fmt(low)} and {_fmt(high)}{unit}")
+
+
+def _number(key: str, value: Any) -> float:
+    """A number within `RANGES[key]`."""
+    number = _float(key, value)
+    _in_range(key, value, number)
     return number
 
 
-def _non_negative(key: str, value: Any) -> float:
-    if value in (0, "0"):
-        return 0.0
-    return _positive(key, value)
+def _whole(key: str, value: Any) -> int:
+    """An integer within `RANGES[key]` (an integral float such as 5.0 is accepted)."""
+    number = _float(key, value)
+    if isinstance(value, str):
+        try:
+            number = int(value.strip())
+        except ValueError:
+            raise ConfigError(key, value, "expected an integer") from None
+    elif isinstance(value, float) and not number.is_integer():
+        raise ConfigError(key, value, "expected an integer")
+    _in_range(key, value, number)
+    return int(value) if isinstance(value, int) else int(number)
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -112,18 +142,6 @@ def _bool(key: str, value: Any) -> bool:
         return parse_bool(value)
     except ValueError as exc:
         raise ConfigError(key, value, str(exc)) from None
-
-
-def _int(key: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(key, value, "expected an integer")
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(key, value, "expected an integer") from None
-    if number < 0:
-        raise ConfigError(key, value, "must not be negative")
-    return number
 
 
 def _list(key: str, value: Any, what: str = "item", allowed: tuple[str, ...] | None = None) -> tuple[str, ...]:
@@ -228,31 +246,48 @@ def _baseline_policy(key: str, value: Any) -> str:
     return str(_choice(POLICIES)(key, value))
 
 
+# dotted key -> (lowest, highest, unit): every number a config can hold, and README's table.
+RANGES: dict[str, tuple[float, float, str]] = {
+    "daemon.idle_timeout_seconds": (1, 3600, " s"),
+    "daemon.max_connections": (4, 4096, ""),
+    "schedule.interval_minutes": (1, 44_640, " min"),  # 1 minute to 31 days
+    "schedule.interval_seconds": (60, 2_678_400, " s"),
+    "schedule.jitter_seconds": (0, 3600, " s"),  # and at most half the interval
+    "schedule.misfire_grace_seconds": (1, 86_400, " s"),
+    "workload.seed": (0, 2**32 - 1, ""),  # what numpy, torch and Core ML all take
+    "workload.worker_max_age_seconds": (0, 604_800, " s"),  # 0: never; up to a week
+    "workload.worker_max_memory_growth": (0, 100, ""),  # 0: never; else a multiple like 2
+    "sampler.interval_seconds": (0.2, 60, " s"),
+    "sources.powermetrics_interval_ms": (100, 60_000, " ms"),
+}
+
 # (section, key) -> (Config field, parser). Sections are the TOML tables.
 SETTINGS: dict[tuple[str, str], tuple[str, Any]] = {
     ("daemon", "listen"): ("listen", _listen),
     ("daemon", "state_dir"): ("state_dir", _path),
     ("daemon", "log_format"): ("log_format", _choice(("auto", "json", "console"))),
     ("daemon", "log_level"): ("log_level", _choice(("debug", "info", "warning", "error"))),
+    ("daemon", "idle_timeout_seconds"): ("http_idle_timeout_seconds", _number),
+    ("daemon", "max_connections"): ("http_max_connections", _whole),
     ("schedule", "profile"): ("profile", _profile),
-    ("schedule", "interval_minutes"): ("interval_seconds", lambda k, v: 60.0 * _positive(k, v)),
-    ("schedule", "interval_seconds"): ("interval_seconds", _positive),
+    ("schedule", "interval_minutes"): ("interval_seconds", lambda k, v: 60.0 * _number(k, v)),
+    ("schedule", "interval_seconds"): ("interval_seconds", _number),
     ("schedule", "cron"): ("cron", _cron),
-    ("schedule", "jitter_seconds"): ("jitter_seconds", _non_negative),
+    ("schedule", "jitter_seconds"): ("jitter_seconds", _number),
     ("schedule", "run_at_start"): ("run_at_start", _bool),
-    ("schedule", "misfire_grace_seconds"): ("misfire_grace_seconds", _positive),
+    ("schedule", "misfire_grace_seconds"): ("misfire_grace_seconds", _number),
     ("workload", "backends"): ("backends", _backends),
     ("workload", "phases"): ("phases", _phases),
     ("workload", "precisions"): ("precisions", _precisions),
     ("workload", "mode"): ("mode", _choice(MODES)),
     ("workload", "cpu_baseline"): ("cpu_baseline", _baseline_policy),
-    ("workload", "worker_max_age_seconds"): ("worker_max_age_seconds", _non_negative),
-    ("workload", "worker_max_memory_growth"): ("worker_max_memory_growth", _non_negative),
+    ("workload", "worker_max_age_seconds"): ("worker_max_age_seconds", _number),
+    ("workload", "worker_max_memory_growth"): ("worker_max_memory_growth", _number),
     ("workload", "prepare_ahead"): ("prepare_ahead", _bool),
     ("workload", "attention_variants"): ("attention_variants", _variants),
     ("workload", "devices"): ("devices", _devices),
-    ("workload", "seed"): ("seed", _int),
-    ("sampler", "interval_seconds"): ("sampler_interval_seconds", _positive),
+    ("workload", "seed"): ("seed", _whole),
+    ("sampler", "interval_seconds"): ("sampler_interval_seconds", _number),
     ("micro", "profile"): ("micro_profile", _choice(tuple(MICRO_PROFILES))),
     ("micro", "backends"): ("micro_backends", _backends),
 }
@@ -272,9 +307,12 @@ def _source_setting(dotted: str, key: str, value: Any) -> Any:
     if key not in parsers:
         raise ConfigError(dotted, value, f"unknown setting (known: {', '.join(sorted(parsers))})")
     try:
-        return parsers[key](value)
+        parsed = parsers[key](value)
     except ValueError as exc:
         raise ConfigError(dotted, value, str(exc)) from None
+    if dotted in RANGES:
+        _in_range(dotted, value, float(parsed))
+    return parsed
 
 
 def _apply(config: Config, section: str, key: str, value: Any) -> Config:
@@ -319,9 +357,13 @@ def _env_settings(environ: Mapping[str, str]) -> list[tuple[str, str, str]]:
 
 
 def validate(config: Config) -> Config:
-    """Cross-field checks: the workload overrides must apply to the chosen profile."""
+    """Cross-field checks: jitter within half the interval; the workload overrides must apply to
+    the chosen profile (and stay within `OVERRIDE_RANGES`)."""
     from workloads.phases import get_profile
 
+    if config.cron is None and config.jitter_seconds > config.interval_seconds / 2:
+        raise ConfigError("schedule.jitter_seconds", config.jitter_seconds,
+                          f"must be at most half the interval ({_fmt(config.interval_seconds / 2)} s)")
     try:
         get_profile(config.profile, config.profile_overrides)
     except (KeyError, ValueError) as exc:

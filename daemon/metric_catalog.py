@@ -162,11 +162,21 @@ METRICS: tuple[MetricDef, ...] = (
               "reset), row_remap_failure (a remapping failed: service the GPU)."),
     # Daemon.
     MetricDef("soakd_rotations_total", "counter", ("result",),
-              "Rotations finished, by result: completed, stopped, failed, skipped."),
+              "Rotations finished, by result: completed, stopped, failed, skipped; interrupted "
+              "(found open at start after a crash, counted once by the next run)."),
     MetricDef("soakd_rotation_duration_seconds", "histogram", (), "Wall time of a rotation."),
     MetricDef("soakd_rotation_active", "gauge", (), "1 while a rotation runs."),
     MetricDef("soakd_last_rotation_end_timestamp_seconds", "gauge", (),
               "Unix time the last rotation ended."),
+    MetricDef("soakd_next_rotation_timestamp_seconds", "gauge", (),
+              "Unix time the next scheduled rotation starts."),
+    MetricDef("soakd_journal_errors_total", "counter", (),
+              "Failed journal writes (locked by another process, disk full, I/O error); the rows are "
+              "kept in memory and written in order when writing works again."),
+    MetricDef("soakd_journal_pending_rows", "gauge", (),
+              "Journal rows held in memory because writing failed (at most 10,000)."),
+    MetricDef("soakd_journal_dropped_rows_total", "counter", (),
+              "Journal rows given up: the in-memory queue was full, or SQLite refused the row."),
     MetricDef("soakd_micro_runs_total", "counter", (), "Micro-benchmark suite runs."),
     MetricDef("soakd_micro_seconds", "gauge", ("backend", "category", "op", "size"),
               "Median time of one micro-benchmark operation."),

@@ -1,9 +1,16 @@
 """`soakd run`: the long-running service.
 
 Threads: the main thread handles signals and waits; the sampler has its own thread;
-APScheduler's thread only *requests* rotations; one executor thread runs requests (rotations
-and micro-benchmarks) one at a time, each slice in a child worker; prometheus_client's HTTP
-thread serves scrapes from cached state. Nothing here runs a workload step itself.
+APScheduler's threads only *request* rotations (and beat the heartbeat /healthz reads); one
+executor thread runs requests (rotations and micro-benchmarks) one at a time, each slice in a
+child worker; waitress' threads serve /metrics and /healthz from cached state. Nothing here
+runs a workload step itself.
+
+Start-up, in order: signal handlers (before anything else, daemon/signals.py), the state
+directory's lock (daemon/instance.py), the journal, the sampler, the HTTP server, the executor,
+the scheduler; a stop requested on the way ends it there, cleanly. Anything that cannot start
+is a `StartupError`: one line and exit 78 (75 when another process holds the directory or the
+journal's lock). Shutdown undoes the steps in reverse order.
 """
 
 from __future__ import annotations
@@ -15,20 +22,23 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
+from daemon import schedule, signals
 from daemon.config import Config, ConfigError, heavy_skip_reason, load_config
 from daemon.exporter import SnapshotCollector, WorkloadMetrics
-from daemon.journal import Journal
+from daemon.health import DaemonCollector, Liveness
+from daemon.health import health as health_document
+from daemon.http_server import MetricsApp, MetricsServer
+from daemon.instance import EX_TEMPFAIL, InstanceLock, StartupError
+from daemon.journal import JournalError, JournalLocked, open_for_daemon
 from daemon.log import get_logger
-from daemon.pidlock import PidLock
 from daemon.recorder import Recorder, plan_from_config
 from daemon.sampler import Sampler, default_sources
 from workloads.backends import parse_backends
@@ -78,6 +88,10 @@ class Executor:
     def busy(self) -> Request | None:
         return self._busy
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def close(self, timeout: float) -> bool:
         with self._cond:
             self._closed = True
@@ -106,14 +120,14 @@ class Executor:
 
 class Service:
     def __init__(self, config: Config, config_path: Path | None, flags: dict[str, Any],
-                 sampler_factory: Callable[[Config], Sampler] | None = None) -> None:
+                 sampler_factory: Callable[[Config], Sampler] | None = None,
+                 inbox: signals.SignalInbox | None = None) -> None:
         self.config = config
         self._config_path = config_path
         self._flags = flags
         self.log = get_logger()
-        self.stop_event = threading.Event()
-        self._wake = threading.Event()
-        self._signals: list[int] = []
+        self.inbox = inbox or signals.install()
+        self.stop_event = self.inbox.stop  # SIGTERM/SIGINT set it, from the first instant
         self._sampler_factory = sampler_factory or (
             lambda c: Sampler(default_sources(c.sources), interval_s=c.sampler_interval_seconds))
         self._rotation_id: int | None = None
@@ -122,69 +136,138 @@ class Service:
         self._last_health: dict[str, bool] = {}
         self._last_telemetry = 0.0
         self._last_event_seq = 0
+        self._stage = "starting"  # starting | running | stopping
+        self._started = time.monotonic()
+        self._ready_at = float("inf")  # monotonic time start-up finished
+        self._heartbeat_at: float | None = None
+        self._next_rotation: float | None = None  # unix time
+        self._written_next_rotation: float | None = None
+        self._schedule_key: tuple[Any, ...] | None = None
+        self._interrupted = 0
+        self._executor_finished = True
+        self.listen_address = config.listen
+        self._instance = InstanceLock(config.state_dir)
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def run(self) -> int:
-        lock = PidLock(self.config.pid_path)
-        lock.acquire()
+        """Serve until SIGTERM/SIGINT, then return 0. Raises StartupError (one line, and the
+        exit code to leave with) when the daemon cannot start."""
+        self._instance.acquire()
         try:
             return self._serve()
         finally:
-            lock.release()
+            self._instance.release()
 
     def _serve(self) -> int:
+        steps = (self._open_journal, self._start_sampler, self._start_http, self._start_executor,
+                 self._start_scheduler)
+        with contextlib.ExitStack() as stack:
+            for step in steps:
+                if self.stop_event.is_set():
+                    self.log.info("stop_requested_during_startup", next_step=step.__name__.strip("_"),
+                                  signals_ignored=self.inbox.names(self.inbox.take()))
+                    break
+                step(stack)
+            else:
+                self._stage = "running"
+                self._ready_at = time.monotonic()
+                self.log.info("ready", startup_seconds=round(self._ready_at - self._started, 2))
+                self._loop()
+            self._stage = "stopping"
+            stopping = time.monotonic()
+            self.log.info("stopping")
+        self.log.info("stopped", seconds=round(time.monotonic() - stopping, 2))
+        return 0
+
+    def _loop(self) -> None:
+        self._dispatch_signals()  # those that arrived during start-up
+        while not self.stop_event.is_set():
+            self.inbox.wake.wait(1.0)
+            self.inbox.wake.clear()
+            self._dispatch_signals()
+
+    def _open_journal(self, stack: contextlib.ExitStack) -> None:
         config = self.config
-        self.journal = Journal(config.journal_path)
-        interrupted = self.journal.close_dangling_rotations()
-        self.journal.add_event("start", {"pid": os.getpid(), "interrupted_rotations": interrupted,
-                                         "listen": config.listen, "profile": config.profile})
-        self.sampler = self._sampler_factory(config)
+        try:
+            opened = open_for_daemon(config.journal_path)
+        except JournalError as exc:
+            raise StartupError(str(exc), EX_TEMPFAIL if isinstance(exc, JournalLocked) else 78) from None
+        self.journal = opened.journal
+        if opened.moved_to is not None:
+            self.log.warning("journal_corrupt_moved_aside", moved_to=str(opened.moved_to),
+                             error=opened.corrupt_reason, new_journal=str(config.journal_path))
+        try:
+            self._interrupted = self.journal.start_session({
+                "pid": os.getpid(), "profile": config.profile,
+                "config": str(config.source_path) if config.source_path else None})
+        except JournalError as exc:
+            self.journal.close()
+            raise StartupError(str(exc), EX_TEMPFAIL if isinstance(exc, JournalLocked) else 78) from None
+        stack.callback(self._close_journal)
+        if opened.moved_to is not None:
+            self.journal.add_event("journal_replaced", {"moved_to": str(opened.moved_to),
+                                                        "error": opened.corrupt_reason})
+        if self._interrupted:
+            self.log.warning("interrupted_rotations", count=self._interrupted)
+
+    def _close_journal(self) -> None:
+        self.journal.set_state("current", None)
+        self.journal.add_event("stop", {"clean": self._executor_finished,
+                                        "seconds": round(time.monotonic() - self._started, 2)})
+        self.journal.close()
+
+    def _start_sampler(self, stack: contextlib.ExitStack) -> None:
+        self.sampler = self._sampler_factory(self.config)
         self.sampler.start()
+        stack.callback(self.sampler.stop)
+
+    def _start_http(self, stack: contextlib.ExitStack) -> None:
+        config = self.config
         self.registry = CollectorRegistry()
         self.metrics = WorkloadMetrics(self.registry)
         self.recorder = Recorder(self.journal, self.metrics, self.sampler, self.log)
+        # Rotations a crash left open, counted once, by the run that finds them.
+        self.metrics.rotations.labels(result="interrupted").inc(self._interrupted)
         self.registry.register(SnapshotCollector(self.sampler.snapshot, self._info(),
                                                  lambda: dict(self.metrics.worker_memory)))
-        server, _server_thread = start_http_server(config.listen_port, addr=config.listen_host,
-                                                  registry=self.registry)
-        self.log.info("listening", address=f"http://{config.listen}/metrics",
-                      state_dir=str(config.state_dir), profile=config.profile,
+        self.registry.register(DaemonCollector(self.journal.stats, lambda: self._next_rotation))
+        self.server = MetricsServer(MetricsApp(self.registry, self.health), config.listen_host,
+                                    config.listen_port, config.http_idle_timeout_seconds,
+                                    config.http_max_connections)
+        self.listen_address = self.server.start()
+        stack.callback(self.server.stop)
+        self.journal.set_state("daemon", {"pid": os.getpid(), "listen": self.listen_address,
+                                          "started_at": time.time()})
+        self.log.info("listening", address=f"http://{self.listen_address}/metrics",
+                      healthz=f"http://{self.listen_address}/healthz", state_dir=str(config.state_dir),
+                      profile=config.profile,
                       config=str(config.source_path) if config.source_path else None)
+
+    def _start_executor(self, stack: contextlib.ExitStack) -> None:
         self.executor = Executor(self._handle_request, self.log)
         self.executor.start()
+        stack.callback(self._stop_executor)
+
+    def _stop_executor(self) -> None:
+        started = time.monotonic()
+        self._executor_finished = self.executor.close(STOP_TIMEOUT_S)
+        if not self._executor_finished:
+            self.log.warning("executor_still_busy", waited_seconds=round(time.monotonic() - started, 1))
+
+    def _start_scheduler(self, stack: contextlib.ExitStack) -> None:
         self.scheduler = BackgroundScheduler(timezone=timezone.utc)
         self.scheduler.add_job(self._watch, IntervalTrigger(seconds=1.0), id="watch",
                                max_instances=1, coalesce=True)
-        self._schedule_rotations(first=True)
+        self.scheduler.add_job(self._beat, IntervalTrigger(seconds=1.0), id="heartbeat",
+                               max_instances=1, coalesce=True, next_run_time=datetime.now(timezone.utc))
+        self._schedule_rotations()
         self.scheduler.start()
-        for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
-        try:
-            while not self.stop_event.is_set():
-                self._wake.wait(1.0)
-                self._wake.clear()
-                while self._signals:
-                    self._dispatch_signal(self._signals.pop(0))
-        finally:
-            self._shutdown(server)
-        return 0
+        stack.callback(self._stop_scheduler)
 
-    def _shutdown(self, server: Any) -> None:
-        started = time.monotonic()
-        self.log.info("stopping")
+    def _stop_scheduler(self) -> None:
         with contextlib.suppress(Exception):  # already stopped
             self.scheduler.shutdown(wait=False)
-        finished = self.executor.close(STOP_TIMEOUT_S)
-        if not finished:
-            self.log.warning("executor_still_busy", waited_seconds=round(time.monotonic() - started, 1))
-        self.sampler.stop()
-        server.shutdown()
-        self.journal.set_state("current", None)
-        self.journal.add_event("stop", {"clean": finished,
-                                        "seconds": round(time.monotonic() - started, 2)})
-        self.journal.close()
-        self.log.info("stopped", seconds=round(time.monotonic() - started, 2))
 
     def _info(self) -> dict[str, str]:
         from importlib import metadata
@@ -198,71 +281,104 @@ class Service:
                 "os_version": host["os_version"], "python": host["python"], "torch": host["torch"],
                 "coremltools": host["coremltools"], "version": version}
 
+    # --- health -----------------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        """Every second on the scheduler: the heartbeat /healthz checks, the next rotation's time
+        (journalled when it changes, for `soakd status`), a removed pid file put back."""
+        self._heartbeat_at = time.monotonic()
+        job = self.scheduler.get_job("rotation")
+        upcoming = job.next_run_time.timestamp() if job is not None and job.next_run_time else None
+        self._next_rotation = upcoming
+        if upcoming != self._written_next_rotation:
+            self._written_next_rotation = upcoming
+            self.journal.set_state("next_rotation", upcoming)
+        if self._instance.restore_pid_file():
+            self.log.warning("pid_file_restored", path=str(self._instance.pid_path))
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, document) for /healthz, from cached state only (daemon/health.py)."""
+        now = time.monotonic()
+        executor: Executor | None = getattr(self, "executor", None)
+        scheduler: BackgroundScheduler | None = getattr(self, "scheduler", None)
+        busy = executor.busy if executor is not None else None
+        live = Liveness(
+            stage=self._stage, uptime_seconds=now - self._started, listen=self.listen_address,
+            scheduler_running=bool(scheduler is not None and scheduler.running),
+            heartbeat_age_seconds=now - self._heartbeat_at if self._heartbeat_at is not None else None,
+            executor_alive=executor is not None and executor.alive, busy=busy.kind if busy else None,
+            rotation_id=self._rotation_id, next_rotation=self._next_rotation)
+        return health_document(live, self.sampler.snapshot(), self.journal.stats(),
+                      self.config.sampler_interval_seconds, now)
+
     # --- scheduling -----------------------------------------------------------------------
 
-    def _trigger(self) -> Any:
-        jitter = int(self.config.jitter_seconds) or None
-        if self.config.cron:
-            return CronTrigger.from_crontab(self.config.cron, timezone=timezone.utc)
-        return IntervalTrigger(seconds=self.config.interval_seconds, jitter=jitter)
-
-    def _schedule_rotations(self, first: bool) -> None:
-        """(Re)schedule the rotation job; on start, continue the schedule the journal remembers."""
-        next_run: datetime | None = None
-        if first:
-            stored = self.journal.get_state("next_rotation")
-            if stored and stored[0]:
-                next_run = datetime.fromtimestamp(float(stored[0]), tz=timezone.utc)
-                now = datetime.now(timezone.utc)
-                if next_run < now:  # missed while down: one rotation now, coalesced
-                    next_run = now + timedelta(seconds=1)
-            elif self.config.run_at_start:
-                next_run = datetime.now(timezone.utc) + timedelta(seconds=1)
-        kwargs: dict[str, Any] = {"id": "rotation", "max_instances": 1, "coalesce": True,
-                                  "misfire_grace_time": int(self.config.misfire_grace_seconds),
-                                  "replace_existing": True}
-        if next_run is not None:
-            kwargs["next_run_time"] = next_run
-        self.scheduler.add_job(self._scheduled_rotation, self._trigger(), **kwargs)
+    def _schedule_rotations(self) -> None:
+        """(Re)schedule the rotation job from the last rotation's start (daemon/schedule.py);
+        nothing changes when the schedule's settings did not."""
+        config = self.config
+        key = (config.interval_seconds, config.cron, config.jitter_seconds,
+               config.misfire_grace_seconds, config.run_at_start)
+        if key == self._schedule_key:
+            return
+        last = self.journal.last_rotation_start()
+        plan = schedule.first_rotation(datetime.now(timezone.utc),
+                                       datetime.fromtimestamp(last, tz=timezone.utc) if last else None,
+                                       config.interval_seconds, config.cron, config.run_at_start)
+        self.scheduler.add_job(
+            self._scheduled_rotation,
+            schedule.trigger(config.interval_seconds, config.cron, config.jitter_seconds, plan.first),
+            id="rotation", max_instances=1, coalesce=True, replace_existing=True,
+            misfire_grace_time=int(config.misfire_grace_seconds), next_run_time=plan.first)
+        self._schedule_key = key
+        self._next_rotation = plan.first.timestamp()
+        self._written_next_rotation = self._next_rotation
+        self.journal.set_state("next_rotation", self._next_rotation)
+        self.log.info("schedule", next_rotation=plan.first.isoformat(timespec="seconds"), reason=plan.reason,
+                      every=config.cron or f"{config.interval_seconds:g} s")
 
     def _scheduled_rotation(self) -> None:
         self.executor.submit(Request("rotation", "schedule"))
-        job = self.scheduler.get_job("rotation")
-        if job is not None and job.next_run_time is not None:
-            self.journal.set_state("next_rotation", job.next_run_time.timestamp())
 
     # --- signals --------------------------------------------------------------------------
 
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        # Only note it: the handler runs between bytecodes of the main thread.
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            self.stop_event.set()
-        self._signals.append(signum)
-        self._wake.set()
-
-    def _dispatch_signal(self, signum: int) -> None:
-        name = signal.Signals(signum).name
-        self.log.info("signal", signal=name)
-        self.journal.add_event("signal", {"signal": name}, rotation_id=self._rotation_id)
-        if signum == signal.SIGUSR1:
-            self.executor.submit(Request("rotation", "signal"))
-        elif signum == signal.SIGUSR2:
-            self.executor.submit(Request("micro", "signal"))
-        elif signum == signal.SIGHUP:
-            self.reload()
+    def _dispatch_signals(self) -> None:
+        for signum, received in self.inbox.take():
+            name = signal.Signals(signum).name
+            early = received < self._ready_at
+            self.log.info("signal", signal=name, **({"received_during_startup": True} if early else {}))
+            self.journal.add_event("signal", {"signal": name, **({"during_startup": True} if early else {})},
+                                   rotation_id=self._rotation_id)
+            if signum == signal.SIGUSR1:
+                self.executor.submit(Request("rotation", "signal"))
+            elif signum == signal.SIGUSR2:
+                self.executor.submit(Request("micro", "signal"))
+            elif signum == signal.SIGHUP:
+                self.reload()
 
     def reload(self) -> None:
+        """SIGHUP: load the config again; a bad one is refused (logged, journalled) and the old
+        one kept, schedule included."""
         try:
             new = load_config(self._config_path, flags=self._flags)
         except ConfigError as exc:
-            self.log.error("config_rejected", error=str(exc), kept=str(self._config_path))
-            self.journal.add_event("error", {"what": "config reload rejected", "error": str(exc)})
+            self._reject(str(exc))
             return
-        restart_needed = [k for k in ("listen", "state_dir") if getattr(new, k) != getattr(self.config, k)]
-        self.config = new
-        self._schedule_rotations(first=False)
+        old, self.config = self.config, new
+        try:
+            self._schedule_rotations()
+        except Exception as exc:  # validated, yet the scheduler refuses it: keep the old one
+            self.config = old
+            self._reject(f"{type(exc).__name__}: {exc}")
+            return
+        restart_needed = [k for k in ("listen", "state_dir", "http_idle_timeout_seconds", "http_max_connections")
+                          if getattr(new, k) != getattr(old, k)]
         self.log.info("config_reloaded", restart_needed_for=restart_needed or None)
         self.journal.add_event("config_reloaded", {"restart_needed_for": restart_needed})
+
+    def _reject(self, error: str) -> None:
+        self.log.error("config_rejected", error=error, kept=str(self._config_path))
+        self.journal.add_event("error", {"what": "config reload rejected", "error": error})
 
     # --- requests -------------------------------------------------------------------------
 

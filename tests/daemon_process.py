@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -48,12 +50,12 @@ replay_file = "{REPLAY}"
 
 class Daemon:
     def __init__(self, state_dir: Path, config: Path, port: int | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, log_dir: Path | None = None) -> None:
         self.state_dir = state_dir
         self.config = config
-        self.port = port or free_port()
+        self.port = free_port() if port is None else port
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.log = state_dir / f"daemon-{time.monotonic_ns()}.log"
+        self.log = (log_dir or state_dir) / f"daemon-{time.monotonic_ns()}.log"
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         environment.pop("CI", None)
         self._log_handle = open(self.log, "w", encoding="utf-8")  # noqa: SIM115 - closed in wait()
@@ -70,16 +72,27 @@ class Daemon:
         with urllib.request.urlopen(self.url, timeout=timeout) as response:
             return str(response.read().decode())
 
+    def healthz(self, timeout: float = 5.0) -> dict[str, Any]:
+        """GET /healthz as JSON, whatever its status code."""
+        url = f"http://127.0.0.1:{self.port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as error:  # 503 still carries the document
+            return dict(json.loads(error.read()))
+
     def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until /healthz says the daemon runs (every start-up step done, the schedule set)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"daemon exited early:\n{self.output()}")
             try:
-                self.scrape(timeout=1.0)
-                return
-            except OSError:
-                time.sleep(0.2)
+                if "daemon starting" not in self.healthz(timeout=1.0)["problems"]:
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.2)
         raise AssertionError(f"daemon not ready:\n{self.output()}")
 
     def value(self, name: str, **labels: str) -> float:
@@ -101,6 +114,15 @@ class Daemon:
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
 
+    def assert_stops_cleanly(self, within: float = 10.0) -> None:
+        """SIGTERM: the daemon exits 0 within `within` seconds (it is waited on for 15)."""
+        sent = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        code = self.wait(15)
+        elapsed = time.monotonic() - sent
+        assert code == 0, self.output()
+        assert elapsed < within, f"took {elapsed:.1f} s"
+
     def wait(self, timeout: float) -> int:
         try:
             return self.process.wait(timeout)
@@ -108,7 +130,8 @@ class Daemon:
             self._log_handle.close()
 
     def output(self) -> str:
-        self._log_handle.flush()
+        if not self._log_handle.closed:
+            self._log_handle.flush()
         return self.log.read_text(encoding="utf-8", errors="replace")[-6000:]
 
     def stop(self) -> None:

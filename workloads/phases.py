@@ -278,8 +278,27 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+# Override key -> (lowest, highest) accepted; for a tuple (conv.stage_*), each entry. Sizes stop
+# short of what overflows an index or a FLOP count; durations stop at a day a phase. README's
+# configuration section lists these (a test keeps them equal).
+OVERRIDE_RANGES: dict[str, tuple[float, float]] = {
+    "phase_seconds": (0.1, 86_400), "slice_seconds": (0.1, 3600), "cpu_baseline_seconds": (0, 3600),
+    "prepare_timeout_seconds": (1, 86_400), "check_interval_seconds": (0, 86_400),
+    "warmup_steps": (1, 1000), "check_every": (1, 1_000_000),
+    "matmul.batch": (1, 4096), "matmul.n": (1, 65_536),
+    "conv.batch": (1, 4096), "conv.size": (1, 16_384), "conv.in_channels": (1, 1024),
+    "conv.stage_channels": (1, 16_384), "conv.stage_layers": (1, 256), "conv.kernel": (1, 31),
+    "attention.batch": (1, 4096), "attention.seq": (1, 131_072), "attention.d_model": (1, 65_536),
+    "attention.heads": (1, 1024), "attention.layers": (1, 1024), "attention.ffn_mult": (1, 64),
+}
+MAX_STAGES = 16  # conv.stage_channels / conv.stage_layers entries
+MAX_SLICES_PER_PHASE = 10_000  # phase_seconds / slice_seconds: the slice plan is a list of this size
+
+
 def _coerce(value: Any, current: Any, key: str) -> Any:
-    """Turn a config/CLI value into the type of the field it overrides."""
+    """Turn a config/CLI value into the type of the field it overrides, within `OVERRIDE_RANGES`.
+    Raises ValueError("key: why")."""
+    low, high = OVERRIDE_RANGES.get(key, (1, math.inf))
     try:
         if isinstance(current, str):  # a choice; the spec's __post_init__ checks the value
             if not isinstance(value, str) or not value:
@@ -291,28 +310,35 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise TypeError
             out: Any = int(value)
-            if out < 1:
+            if not low <= out <= high:
                 raise ValueError
             return out
         if isinstance(current, float):
+            if isinstance(value, bool):
+                raise TypeError
             out = float(value)
-            if not out >= 0 or math.isinf(out):
+            if not low <= out <= high:  # also refuses NaN and infinities
                 raise ValueError
             return out
         if isinstance(current, tuple):
             items = value.split(",") if isinstance(value, str) else list(value)
             out = tuple(int(v) for v in items)
-            if not out or min(out) < 1:
+            if not 1 <= len(out) <= MAX_STAGES or not all(low <= v <= high for v in out):
                 raise ValueError
             return out
-    except (TypeError, ValueError):
-        expected = "a name" if isinstance(current, str) else f"a positive {type(current).__name__}"
-        raise ValueError(f"{key}: bad value {value!r} (expected {expected})") from None
+    except (TypeError, ValueError, OverflowError):
+        if isinstance(current, str):
+            raise ValueError(f"{key}: bad value {value!r} (expected a name)") from None
+        kind = type(current).__name__
+        shape = f" of 1-{MAX_STAGES} entries each" if isinstance(current, tuple) else ""
+        raise ValueError(f"{key}: bad value {value!r} (expected a {kind}{shape} "
+                         f"between {low:g} and {high:g})") from None
     raise ValueError(f"{key}: cannot be overridden")
 
 
 def with_overrides(profile: Profile, overrides: dict[str, Any]) -> Profile:
-    """A copy of `profile` with dotted overrides applied, e.g. {"matmul.n": 1024, "phase_seconds": 30}."""
+    """A copy of `profile` with dotted overrides applied, e.g. {"matmul.n": 1024, "phase_seconds": 30}.
+    Raises ValueError("key: why") for an unknown key or a value out of `OVERRIDE_RANGES`."""
     phase_changes: dict[str, dict[str, Any]] = {}
     top_changes: dict[str, Any] = {}
     for key, value in overrides.items():
@@ -335,7 +361,12 @@ def with_overrides(profile: Profile, overrides: dict[str, Any]) -> Profile:
             top_changes[phase] = replace(profile.spec(phase), **changes)
         except ValueError as exc:
             raise ValueError(str(exc)) from None
-    return replace(profile, **top_changes)
+    result = replace(profile, **top_changes)
+    slices = result.phase_seconds / result.slice_seconds
+    if slices > MAX_SLICES_PER_PHASE:
+        raise ValueError(f"phase_seconds: {result.phase_seconds:g} s in slices of {result.slice_seconds:g} s "
+                         f"is {slices:,.0f} slices a phase (at most {MAX_SLICES_PER_PHASE:,})")
+    return result
 
 
 def get_profile(name: str, overrides: dict[str, Any] | None = None) -> Profile:

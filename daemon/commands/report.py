@@ -15,7 +15,7 @@ from typing import Any
 
 from daemon.clitools import UsageError, parse_since
 from daemon.commands.run import add_config_arguments, load_or_exit
-from daemon.journal import Journal, JournalError
+from daemon.journal import Journal, JournalEmpty, JournalError
 
 
 def register(subparsers: Any) -> None:
@@ -49,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
     config = load_or_exit(args)
     try:
         journal = Journal(config.journal_path, readonly=True)
-    except (JournalError, OSError, sqlite3.Error):
-        print(f"soakd report: no journal at {config.journal_path}", file=sys.stderr)
+    except (JournalError, OSError, sqlite3.Error) as exc:
+        missing = isinstance(exc, JournalEmpty) or not config.journal_path.exists()
+        print(f"soakd report: {f'no journal at {config.journal_path}' if missing else exc}", file=sys.stderr)
         return 1
     try:
         report = write_report(journal, args.out, rotation=args.rotation, since=since, since_text=args.since)

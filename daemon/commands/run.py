@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from daemon.clitools import EX_CONFIG, EX_TEMPFAIL
+from daemon.clitools import EX_CONFIG
 from daemon.config import ConfigError, load_config
 from workloads.phases import PROFILES
 
@@ -45,23 +45,23 @@ def load_or_exit(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT. Exit 0 after a clean stop, 75 (EX_TEMPFAIL) when
-    another soakd holds the state directory, 78 (EX_CONFIG) for a bad config or a listen
-    address in use."""
-    from daemon import log
-    from daemon.pidlock import AlreadyRunning
-    from daemon.service import Service
+    another soakd holds the state directory, 78 (EX_CONFIG) when it cannot start (bad config,
+    journal or state directory, an address in use)."""
+    from daemon import log, signals
 
+    inbox = signals.install()  # before anything slow (`soakd` installs them even earlier, in main)
     config = load_or_exit(args)
     log.configure(config.log_format, config.log_level)
-    service = Service(config, args.config, flags_from_args(args))
+    if inbox.stop.is_set():
+        log.get_logger().info("stopped", reason="stop requested during start-up, before the state directory was used",
+                              signals=inbox.names(inbox.take()))
+        return 0
+    from daemon.instance import StartupError
+    from daemon.service import Service
+
+    service = Service(config, args.config, flags_from_args(args), inbox=inbox)
     try:
         return service.run()
-    except AlreadyRunning as exc:
-        print(f"soakd: refusing to start: {exc}", file=sys.stderr)
-        return EX_TEMPFAIL
-    except OSError as exc:
-        if exc.errno == 98 or "Address already in use" in str(exc):
-            print(f"soakd: cannot listen on {config.listen}: address already in use "
-                  "(set daemon.listen or --listen)", file=sys.stderr)
-            return EX_CONFIG
-        raise
+    except StartupError as exc:
+        print(f"soakd: cannot start: {exc}", file=sys.stderr)
+        return exc.code

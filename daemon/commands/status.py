@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import time
 from collections import defaultdict
@@ -12,8 +13,8 @@ from typing import Any
 from daemon.clitools import UsageError
 from daemon.commands.run import add_config_arguments, load_or_exit
 from daemon.energy import breakdown
-from daemon.journal import Journal, JournalError
-from daemon.pidlock import running_pid
+from daemon.instance import running
+from daemon.journal import Journal, JournalCorrupt, JournalEmpty, JournalError
 
 
 def register(subparsers: Any) -> None:
@@ -59,12 +60,43 @@ def summarize_rotation(journal: Journal, rotation: dict[str, Any]) -> dict[str, 
     return {**rotation, "results": rows}
 
 
-def _open(args: argparse.Namespace) -> tuple[Any, Journal | None]:
+def _open(args: argparse.Namespace) -> tuple[Any, Journal | None, str | None]:
+    """(config, the journal or None when there is none yet, a one-line problem or None)."""
     config = load_or_exit(args)
     try:
-        return config, Journal(config.journal_path, readonly=True)
-    except (JournalError, OSError):
-        return config, None
+        return config, Journal(config.journal_path, readonly=True), None
+    except JournalEmpty:
+        return config, None, None
+    except JournalCorrupt as exc:
+        return config, None, f"{exc}; `soakd run` moves it aside and starts a new one"
+    except JournalError as exc:
+        if not config.journal_path.exists():
+            return config, None, None
+        return config, None, str(exc)
+    except (OSError, sqlite3.Error) as exc:
+        return config, None, f"cannot read journal {config.journal_path}: {exc}"
+
+
+def daemon_pid(config: Any) -> tuple[bool, int | None]:
+    """(a daemon holds the state directory, its pid): the pid file, else what the daemon wrote
+    in the journal at start (someone may have removed the pid file)."""
+    instance = running(config.state_dir)
+    if instance is None:
+        return False, None
+    if instance.pid is not None:
+        return True, instance.pid
+    try:
+        journal = Journal(config.journal_path, readonly=True)
+    except (JournalError, OSError, sqlite3.Error):
+        return True, None
+    try:
+        state = journal.get_state("daemon")
+    except sqlite3.Error:
+        state = None
+    finally:
+        journal.close()
+    pid = state[0].get("pid") if state and isinstance(state[0], dict) else None
+    return True, int(pid) if isinstance(pid, int) else None
 
 
 def _when(stamp: float | None) -> str:
@@ -91,30 +123,60 @@ def _rotation_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _status_document(config: Any, journal: Journal | None, is_running: bool, pid: int | None) -> dict[str, Any]:
+    document: dict[str, Any] = {"running": is_running, "pid": pid, "state_dir": str(config.state_dir),
+                                "listen": config.listen, "next_rotation": None, "current": None,
+                                "last_rotation": None, "sources": None}
+    if journal is None:
+        return document
+    daemon = journal.get_state("daemon")
+    if is_running and daemon and isinstance(daemon[0], dict) and daemon[0].get("listen"):
+        document["listen"] = daemon[0]["listen"]  # where the running daemon really listens
+    upcoming = journal.get_state("next_rotation")
+    document["next_rotation"] = upcoming[0] if upcoming and is_running else None
+    current = journal.get_state("current")
+    document["current"] = current[0] if current and is_running else None
+    sources = journal.get_state("sources")
+    document["sources"] = sources[0] if sources else None
+    finished = [r for r in journal.rotations(limit=5) if r["result"] is not None]
+    if finished:
+        document["last_rotation"] = summarize_rotation(journal, finished[0])
+    return document
+
+
+def _in(stamp: float) -> str:
+    seconds = stamp - time.time()
+    if seconds <= 0:
+        return "due now"
+    return f"in {seconds:.0f} s" if seconds < 120 else f"in {seconds / 60:.0f} min"
+
+
 def run_status(args: argparse.Namespace) -> int:
-    """Print whether soakd runs, what it runs now, its sources and the last rotation (or JSON); exit 0."""
-    config, journal = _open(args)
-    pid = running_pid(config.pid_path)
-    document: dict[str, Any] = {"running": pid is not None, "pid": pid, "state_dir": str(config.state_dir),
-                                "listen": config.listen, "current": None, "last_rotation": None,
-                                "sources": None}
-    if journal is not None:
-        current = journal.get_state("current")
-        document["current"] = current[0] if current and pid is not None else None
-        sources = journal.get_state("sources")
-        document["sources"] = sources[0] if sources else None
-        finished = [r for r in journal.rotations(limit=5) if r["result"] is not None]
-        if finished:
-            document["last_rotation"] = summarize_rotation(journal, finished[0])
-        journal.close()
+    """Print whether soakd runs, where it listens, the next rotation, what it runs now (with
+    progress), its sources and the last rotation (or JSON); exit 1 on an unreadable journal."""
+    config, journal, problem = _open(args)
+    if problem is not None:
+        print(f"soakd status: {problem}", file=sys.stderr)
+        return 1
+    is_running, pid = daemon_pid(config)
+    try:
+        document = _status_document(config, journal, is_running, pid)
+    except sqlite3.Error as exc:
+        print(f"soakd status: cannot read journal {config.journal_path}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if journal is not None:
+            journal.close()
     if args.json:
         print(json.dumps(document, indent=2, default=str))
         return 0
-    print(f"soakd: {'running (pid ' + str(pid) + ')' if pid else 'not running'}; "
-          f"metrics http://{config.listen}/metrics; state {config.state_dir}")
+    state = f"running (pid {pid if pid else '?'})" if is_running else "not running"
+    print(f"soakd: {state}; metrics http://{document['listen']}/metrics; state {config.state_dir}")
     if journal is None:
         print("journal: none yet (the daemon has not run with this state directory)")
         return 0
+    if document["next_rotation"]:
+        print(f"next rotation: {_when(document['next_rotation'])} ({_in(document['next_rotation'])})")
     current = document["current"]
     if current:
         print(f"now: rotation {current['rotation']}, {current['phase']} on {current['backend']} "
@@ -140,12 +202,17 @@ def run_history(args: argparse.Namespace) -> int:
     """Print the last --limit rotations with per phase x backend totals (or JSON); exit 1 without a journal."""
     if args.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
-    config, journal = _open(args)
-    if journal is None:
-        print(f"soakd history: no journal at {config.journal_path}", file=sys.stderr)
+    config, journal, problem = _open(args)
+    if problem is not None or journal is None:
+        print(f"soakd history: {problem or f'no journal at {config.journal_path}'}", file=sys.stderr)
         return 1
-    summaries = [summarize_rotation(journal, r) for r in journal.rotations(limit=args.limit)]
-    journal.close()
+    try:
+        summaries = [summarize_rotation(journal, r) for r in journal.rotations(limit=args.limit)]
+    except sqlite3.Error as exc:
+        print(f"soakd history: cannot read journal {config.journal_path}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        journal.close()
     if args.json:
         print(json.dumps(summaries, indent=2, default=str))
     else:

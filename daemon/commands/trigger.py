@@ -9,7 +9,6 @@ import sys
 from typing import Any
 
 from daemon.commands.run import add_config_arguments, load_or_exit
-from daemon.pidlock import running_pid
 
 
 def register(subparsers: Any) -> None:
@@ -22,10 +21,13 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Signal the running daemon (SIGUSR1, or SIGUSR2 with --micro); exit 1 when none runs."""
+    from daemon.commands.status import daemon_pid
+
     config = load_or_exit(args)
-    pid = running_pid(config.pid_path)
+    is_running, pid = daemon_pid(config)
     if pid is None:
-        print(f"soakd trigger: no running soakd (pid file {config.pid_path})", file=sys.stderr)
+        why = "its pid is unknown" if is_running else "none holds the state directory"
+        print(f"soakd trigger: no running soakd to signal ({why}: {config.state_dir})", file=sys.stderr)
         return 1
     signum = signal.SIGUSR2 if args.micro else signal.SIGUSR1
     os.kill(pid, signum)

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
-from daemon.journal import SCHEMA_VERSION, Journal, JournalError
+from daemon.journal import (
+    SCHEMA_VERSION,
+    Journal,
+    JournalCorrupt,
+    JournalEmpty,
+    JournalError,
+    JournalLocked,
+    JournalRefused,
+    open_for_daemon,
+)
+from daemon.journal_writes import Op, PendingWrites, read_spill
 from daemon.records import SliceRow, sql_columns
 
 
@@ -29,8 +40,8 @@ def test_wal_schema_and_round_trip(tmp_path: Path) -> None:
     assert row["energy_joules"] == {"cpu": 2.5} and row["fallback"] == {"from": "cuda", "to": "cpu"}
     assert row["run_key"] == "abc" and row["run"]["technique"] == "eager" and row["device"] == "0"
     assert reader.rotation(rid)["result"] == "completed"  # type: ignore[index]
-    with pytest.raises(sqlite3.OperationalError):
-        reader.add_event("x")  # read-only
+    with pytest.raises(JournalError, match="read-only"):
+        reader.add_event("x")
 
 
 def test_dangling_rotation_becomes_interrupted_and_keeps_slices(tmp_path: Path) -> None:
@@ -102,3 +113,177 @@ CREATE TABLE slices (id INTEGER PRIMARY KEY, rotation_id INTEGER NOT NULL REFERE
     max_relative_error REAL, failure_reason TEXT, failure_detail TEXT, fallback TEXT, prepare_seconds REAL,
     warmup_seconds REAL, info TEXT);
 """
+
+
+# --- guarded writes (issue 19 item 1) -----------------------------------------------------------
+
+
+def _slice(phase: str, at: float) -> SliceRow:
+    return SliceRow(phase=phase, requested_backend="cpu", backend="cpu", precision="fp32",
+                    started_at=at, ended_at=at + 1, steps=3, seconds=1.0, flop=1.0,
+                    latency_p50=float("nan"), energy_joules={"cpu": float("inf")})
+
+
+def _lock(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    return db
+
+
+def test_writes_while_locked_wait_in_memory_and_go_in_order_when_the_lock_ends(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    journal = Journal(path)
+    journal.start_session({"pid": 1})
+    lock = _lock(path)
+    started = time.monotonic()
+    rotation = journal.start_rotation("ci", "signal", "cpu", started_at=10.0)
+    for n, phase in enumerate(("matmul", "conv", "attention")):
+        journal.add_slice(rotation, _slice(phase, 11.0 + n))
+    journal.add_event("signal", {"signal": "SIGUSR1"}, rotation_id=rotation)
+    journal.end_rotation(rotation, "completed", ended_at=20.0)
+    journal.set_state("current", {"phase": "attention"})
+    journal.set_state("current", None)
+    assert time.monotonic() - started < 3  # one wait for the lock, then queued without waiting
+    stats = journal.stats()
+    assert stats.failing and stats.errors_total >= 1 and stats.pending_rows == 7  # 2 state rows -> 1
+    assert "locked" in (stats.last_error or "")
+    assert rotation == 1 and lock.execute("SELECT COUNT(*) FROM slices").fetchone()[0] == 0
+    lock.execute("ROLLBACK")
+    deadline = time.monotonic() + 15
+    while journal.stats().pending_rows and time.monotonic() < deadline:  # the retry thread writes them
+        time.sleep(0.1)
+    assert journal.stats().pending_rows == 0 and not journal.stats().failing
+    assert [(r["id"], r["phase"]) for r in journal.slices(rotation_id=rotation)] == [
+        (1, "matmul"), (2, "conv"), (3, "attention")]
+    assert journal.slices(rotation_id=1)[0]["latency_p50"] is None  # NaN is not a number to keep
+    assert journal.rotation(rotation)["result"] == "completed"  # type: ignore[index]
+    assert journal.get_state("current")[0] is None  # type: ignore[index]
+    journal.close()
+
+
+def test_what_cannot_be_written_at_exit_is_spilled_and_written_first_by_the_next_run(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    journal = Journal(path)
+    journal.start_session({})
+    lock = _lock(path)
+    rotation = journal.start_rotation("ci", "schedule", "cpu", started_at=5.0)
+    journal.add_slice(rotation, _slice("matmul", 6.0))
+    journal.end_rotation(rotation, "stopped", ended_at=7.0)
+    journal.close()
+    lock.execute("ROLLBACK")
+    lock.close()
+    assert journal.spill_path.exists()
+    again = Journal(path)
+    assert again.start_session({}) == 0  # the spilled rotation is closed: nothing interrupted
+    assert not journal.spill_path.exists()
+    assert again.rotation(rotation)["result"] == "stopped"  # type: ignore[index]
+    assert [r["phase"] for r in again.slices(rotation_id=rotation)] == ["matmul"]
+    kinds = [e["kind"] for e in reversed(again.events())]
+    assert kinds == ["start", "start"]
+    assert again.start_rotation("ci", "schedule", "cpu") == rotation + 1
+    again.close()
+
+
+def test_the_queue_is_bounded_and_gives_up_telemetry_first() -> None:
+    queue = PendingWrites(limit=3)
+    queue.add(Op("add_telemetry", (1,)))
+    queue.add(Op("add_slice", (2,)))
+    queue.add(Op("add_event", (3,)))
+    assert queue.add(Op("add_slice", (4,))) == Op("add_telemetry", (1,))
+    assert queue.add(Op("add_slice", (5,))) == Op("add_event", (3,))
+    assert queue.add(Op("add_slice", (6,))) == Op("add_slice", (2,))
+    queue.add(Op("set_state", ("current", "1", 0.0)))
+    queue.add(Op("set_state", ("current", "2", 0.0)))
+    assert [op.params[0] for op in queue.rows()] == [4, 5, 6, "current"]  # state: the latest per key, last
+    assert queue.dropped_total == 3
+
+
+def test_failures_back_off_and_a_success_ends_them() -> None:
+    now = [0.0]
+    queue = PendingWrites(clock=lambda: now[0])
+    assert queue.may_try()
+    assert queue.failed("locked") and not queue.may_try()
+    now[0] = 0.6
+    assert queue.may_try() and not queue.failed("locked")
+    now[0] = 1.2
+    assert not queue.may_try()  # 1 s after the second failure
+    now[0] = 10.0
+    assert queue.succeeded() == 10.0 and queue.may_try() and queue.errors_total == 2
+
+
+def test_a_spill_file_runs_only_known_statements(tmp_path: Path) -> None:
+    spill = tmp_path / "j.pending"
+    spill.write_text('{"op": "add_event", "params": [1.0, null, "x", null, ""]}\n'
+                     '{"op": "drop_table", "params": ["rotations"]}\n'
+                     'torn {"op"\n'
+                     '{"op": "add_event", "params": [1.0]}\n', encoding="utf-8")
+    assert read_spill(spill) == [Op("add_event", (1.0, None, "x", None, ""))]
+
+
+# --- opening (issue 19 item 3) ------------------------------------------------------------------
+
+
+def test_a_garbage_file_is_corrupt_and_moved_aside_with_its_wal(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    path.write_bytes(b"this is not SQLite" * 100)
+    (tmp_path / "journal.sqlite3-wal").write_bytes(b"wal")
+    with pytest.raises(JournalCorrupt, match="file is not a database"):
+        Journal(path)
+    with pytest.raises(JournalCorrupt):
+        Journal(path, readonly=True)
+    opened = open_for_daemon(path)
+    assert opened.moved_to is not None and opened.moved_to.read_bytes() == b"this is not SQLite" * 100
+    assert opened.moved_to.name.startswith("journal.sqlite3.corrupt-")
+    assert Path(f"{opened.moved_to}-wal").read_bytes() == b"wal"
+    assert opened.journal.schema_version() == SCHEMA_VERSION
+    opened.journal.close()
+
+
+def test_damaged_pages_are_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    for n in range(300):
+        journal.add_event("x", {"n": n, "pad": "y" * 200})
+    journal.close()
+    data = bytearray(path.read_bytes())
+    data[4096 * 2: 4096 * 4] = b"\xff" * 8192  # two pages in the middle
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalCorrupt):
+        Journal(path)
+
+
+def test_an_empty_file_is_a_new_journal_and_an_empty_one_to_read(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    path.touch()
+    with pytest.raises(JournalEmpty):
+        Journal(path, readonly=True)
+    journal = Journal(path)
+    assert journal.schema_version() == SCHEMA_VERSION
+    journal.close()
+
+
+def test_another_programs_database_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "other.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE rotations (id INTEGER PRIMARY KEY, name TEXT)")
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    before = path.read_bytes()
+    with pytest.raises(JournalRefused, match="table rotations has no"):
+        Journal(path)
+    assert path.read_bytes() == before
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA application_id = 1234")
+    with pytest.raises(JournalRefused, match="application id 0x4d2"):
+        Journal(path, readonly=True)
+
+
+def test_a_journal_that_another_process_locks_at_start_is_journal_locked(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    Journal(path).close()
+    lock = _lock(path)
+    try:
+        with pytest.raises(JournalLocked, match="locked by another process"):
+            Journal(path)
+    finally:
+        lock.execute("ROLLBACK")
