@@ -12,14 +12,18 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from daemon.metric_catalog import BY_NAME, MetricDef
+from daemon.records import ConditionsRow
 from daemon.stability import StabilityTracker, window_for
 from daemon.telemetry_exporter import SnapshotCollector
 from daemon.verdicts import DeviceVerdict
+
+if TYPE_CHECKING:
+    from daemon.phase_verdicts import SeriesVerdict
 from workloads.micro.results import MicroResult
 from workloads.placement import ane_share
 from workloads.protocol import Check, Failure, Prepared, RunConfig, Steps, Warmup
@@ -86,6 +90,16 @@ class WorkloadMetrics:
         self.ane_ratio = i("soakd_compute_plan_ane_ratio")
         self.device_relative = i("soakd_device_relative_throughput_ratio")
         self.device_outlier = i("soakd_device_outlier")
+        self.stability = i("soakd_stability_ratio")
+        self.stability_passed = i("soakd_stability_passed")
+        self.pass_mark = i("soakd_stability_pass_mark_ratio")
+        self.slowdowns = i("soakd_slowdowns_total")
+        self.sustained_rate = i("soakd_sustained_flop_per_second")
+        self.history = i("soakd_history_flop_per_second")
+        self.history_rotations = i("soakd_history_rotations")
+        self.regression = i("soakd_throughput_regression")
+        self.cooldown = i("soakd_cooldown_seconds")
+        self.started_hot = i("soakd_rotation_started_hot")
         self.rotations = i("soakd_rotations_total")
         self.rotation_duration = i("soakd_rotation_duration_seconds", buckets=ROTATION_BUCKETS)
         self.rotation_active = i("soakd_rotation_active")
@@ -205,6 +219,42 @@ class WorkloadMetrics:
                 self.device_relative.labels(*key).set(verdict.relative)
                 self.device_outlier.labels(*key).set(1 if verdict.outlier else 0)
 
+    def series_verdict(self, verdict: SeriesVerdict) -> None:
+        """A series' verdicts at its phase's end (daemon/phase_verdicts.py): stability score and
+        pass, slowdowns counted by explained, sustained throughput against its history band."""
+        key = verdict.labels
+        with self._lock:
+            self.pass_mark.set(verdict.score.pass_mark)
+            for gauge, value in ((self.stability, verdict.score.score), (self.sustained_rate, verdict.sustained)):
+                if value is None:
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(*key)
+                else:
+                    gauge.labels(*key).set(value)
+            if verdict.score.passed is not None:
+                self.stability_passed.labels(*key).set(1 if verdict.score.passed else 0)
+            for slowdown in verdict.slowdowns:
+                self.slowdowns.labels(*key, "true" if slowdown.explained else "false").inc()
+            band = verdict.band
+            for bound, value in (("low", band.low if band else None), ("median", band.median if band else None),
+                                 ("high", band.high if band else None)):
+                if value is None:
+                    with contextlib.suppress(KeyError):
+                        self.history.remove(*key, bound)
+                else:
+                    self.history.labels(*key, bound).set(value)
+            self.history_rotations.labels(*key).set(band.rotations if band else 0)
+            if verdict.regression is None:
+                with contextlib.suppress(KeyError):
+                    self.regression.remove(*key)
+            else:
+                self.regression.labels(*key).set(1 if verdict.regression else 0)
+
+    def rotation_conditions(self, conditions: ConditionsRow) -> None:
+        """What the rotation started under (daemon/conditions.py): its cool-down wait, hot or not."""
+        self.cooldown.set(conditions.cooldown_seconds)
+        self.started_hot.set(1 if conditions.started_hot else 0)
+
     def _set_first_throttle(self, key: Key) -> None:
         """Time from the phase's start to its first throttle (throttled="true"), or so far
         without one ("false", a lower bound); absent where no source can see throttling."""
@@ -260,6 +310,8 @@ class WorkloadMetrics:
                 for metric in (self.steps, self.flop, self.step_duration, self.checks, self.mismatches,
                                self.load_gap, self.phase_seconds):
                     metric.labels(*key)
+                for explained in ("true", "false"):  # increase() sees the first slowdown
+                    self.slowdowns.labels(*key, explained)
 
     def rotation_finished(self, result: str, seconds: float) -> None:
         """A rotation ended with `result` after `seconds` of wall time."""
