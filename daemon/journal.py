@@ -457,11 +457,12 @@ class Journal:
                             json_columns=SLICE_JSON)
 
     def verdicts(self, rotation_id: int | None = None, run_key: str | None = None, profile: str | None = None,
-                 limit: int | None = None) -> list[dict[str, Any]]:
-        """Verdict rows, newest first, matching the given rotation, run_key and profile ([] from a
-        journal older than schema version 3, which has no such table)."""
+                 limit: int | None = None, until_rotation: int | None = None) -> list[dict[str, Any]]:
+        """Verdict rows, newest first, matching the given rotation, run_key and profile, of rotations up
+        to `until_rotation` ([] from a journal older than schema version 3, which has no such table)."""
         return self._select_new("verdicts", [("rotation_id = ?", rotation_id), ("run_key = ?", run_key),
-                                             ("profile = ?", profile)], "id DESC", limit, VERDICT_JSON)
+                                             ("profile = ?", profile), ("rotation_id <= ?", until_rotation)],
+                                "id DESC", limit, VERDICT_JSON)
 
     def conditions(self, rotation_id: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Conditions rows, newest first ([] from a journal older than schema version 3)."""
@@ -479,8 +480,10 @@ class Journal:
                 return []
             raise
 
-    def events(self, since: float | None = None, kind: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        return self._select("events", [("time >= ?", since), ("kind = ?", kind)], "id DESC", limit)
+    def events(self, since: float | None = None, kind: str | None = None, limit: int = 1000,
+               rotation_id: int | None = None) -> list[dict[str, Any]]:
+        return self._select("events", [("time >= ?", since), ("kind = ?", kind), ("rotation_id = ?", rotation_id)],
+                            "id DESC", limit)
 
     def telemetry(self, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
         return self._select("telemetry", [("time >= ?", since), ("time <= ?", until)], "time",

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon.conditions import RunConditions
 from daemon.config import Config
 from daemon.exporter import WorkloadMetrics, series_key
 from daemon.journal import Journal
@@ -101,6 +102,7 @@ class Recorder:
         # this phase's measured (FLOP, seconds) per slice, by (backend, precision, device)
         self._phase_slices: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
         self.judge = PhaseJudge(sampler)
+        self.conditions = RunConditions(sampler)  # idle temperatures: the daemon starts idle
         self.settings = VerdictSettings()
         self._profile = ""
 

@@ -146,14 +146,14 @@ class Plotter:
                       linestyle=style, marker=marker, markersize=4, linewidth=1.6,
                       label=self.lane_label(lane) if index == 0 else None)
 
-    def _legend(self, figure: Figure, axes_list: Sequence[Axes]) -> None:
+    def _legend(self, figure: Figure, axes_list: Sequence[Axes], title: str = "backend") -> None:
         """One legend for all panels (a lane has the same colour in each), outside the data."""
         seen: dict[str, Any] = {}
         for axes in axes_list:
             for handle, label in zip(*axes.get_legend_handles_labels(), strict=True):
                 seen.setdefault(label, handle)
         figure.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=9,
-                      title="backend", title_fontsize=9)
+                      title=title, title_fontsize=9)
 
     def _phase_bands(self, axes: Axes) -> None:
         """Mark each phase's time span so power and heat can be read against the workload."""
@@ -341,6 +341,48 @@ class Plotter:
             title += f", {reduced} per {duration(bin_seconds)}"
         figure.suptitle(title)
         figure.savefig(path)
+
+    def history(self, path: Path, max_panels: int = 8) -> bool:
+        """history.png: per run configuration judged in the selection (at most `max_panels`), each
+        rotation's sustained throughput over time with the history band it was judged against
+        (2.5-97.5 percentile of the earlier rotations, shaded; their median dashed); rotations below
+        their band in red. False when no verdict row has a sustained throughput."""
+        panels = [(key, rows) for key, rows in self.selection.history.items()
+                  if any(r["sustained_flop_per_second"] for r in rows)][:max_panels]
+        if not panels:
+            return False
+        figure = self._figure(11, 1.0 + 2.4 * len(panels))
+        axes_list = list(figure.subplots(len(panels), 1, squeeze=False)[:, 0])
+        for axes, ((_run_key, profile), rows) in zip(axes_list, panels, strict=True):
+            rows = [r for r in rows if r["sustained_flop_per_second"]]
+            peak = max(max(r["sustained_flop_per_second"], r["history_high"] or 0.0) for r in rows)
+            scale, prefix = si_scale(peak)
+            times = self._times(float(r["ended_at"]) for r in rows)
+            banded = [(t, r) for t, r in zip(times, rows, strict=True) if r["history_low"] is not None]
+            if banded:
+                xs = [t for t, _ in banded]
+                axes.fill_between(xs, [r["history_low"] / scale for _, r in banded],
+                                  [r["history_high"] / scale for _, r in banded], step="mid", color="#90caf9",
+                                  alpha=0.45, linewidth=0, label="band: 2.5-97.5 % of earlier rotations")
+                axes.plot(xs, [r["history_median"] / scale for _, r in banded], color="#1565c0", linestyle="--",
+                          linewidth=1.0, drawstyle="steps-mid", label="median of earlier rotations")
+            axes.plot(times, [r["sustained_flop_per_second"] / scale for r in rows], color="#333333",
+                      marker="o", markersize=4, linewidth=1.2, label="sustained throughput")
+            low = [(t, r) for t, r in zip(times, rows, strict=True) if r["regression"]]
+            if low:
+                axes.plot([t for t, _ in low], [r["sustained_flop_per_second"] / scale for _, r in low],
+                          linestyle="none", marker="o", markersize=8, color="#c62828", label="regression")
+            first = rows[0]
+            axes.set_title(f"{first['phase']} · {first['backend']} · {first['precision']} · device "
+                           f"{first['device']} · profile {profile}", loc="left", fontweight="bold")
+            self._time_axis(axes, float(rows[0]["ended_at"]), float(rows[-1]["ended_at"]),
+                            label=axes is axes_list[-1])
+            axes.set_ylim(bottom=0, top=peak / scale * 1.15)
+            axes.set_ylabel(f"{prefix}FLOP/s")
+        self._legend(figure, axes_list, title="")
+        figure.suptitle("History: sustained throughput per rotation of each run configuration, with its band")
+        figure.savefig(path)
+        return True
 
     def energy(self, path: Path, stats: dict[Key, LaneStats], workloads: Sequence[Workload]) -> bool:
         """energy.png: joules per step and FLOP per joule, bars per workload and lane. False
