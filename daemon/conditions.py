@@ -86,34 +86,35 @@ def battery_state() -> tuple[bool | None, float | None]:
     return (None if plugged is None else not plugged), float(battery.percent)
 
 
-def other_cpu_ratio(window_s: float = CPU_WINDOW_S, sleep: Callable[[float], None] = time.sleep) -> float | None:
-    """Share (0-1) of all CPU time that processes other than this one (and its children) used
-    over `window_s`: busy CPU time of the whole system minus this process's, over all the CPU
-    time there was. None where psutil cannot read it."""
+CpuTimes = tuple[float, float, float]  # CPU seconds: all there were, busy, this process's (children included)
+
+
+def cpu_times_now() -> CpuTimes | None:
+    """(all, busy, own) CPU seconds so far, summed over CPUs (psutil); None where unreadable."""
     import psutil
 
     try:
-        process = psutil.Process()
-
-        def own() -> float:
-            t = process.cpu_times()
-            return float(t.user + t.system + t.children_user + t.children_system)
-
-        def system() -> tuple[float, float]:
-            t = psutil.cpu_times()
-            total = float(sum(t))
-            idle = float(t.idle + getattr(t, "iowait", 0.0))
-            return total, total - idle
-
-        total0, busy0, own0 = (*system(), own())
-        sleep(window_s)
-        total1, busy1, own1 = (*system(), own())
+        system, own = psutil.cpu_times(), psutil.Process().cpu_times()
     except (psutil.Error, OSError):
         return None
-    elapsed = total1 - total0
-    if elapsed <= 0:
+    # Linux counts guest time inside user time already
+    total = float(sum(system)) - getattr(system, "guest", 0.0) - getattr(system, "guest_nice", 0.0)
+    idle = float(system.idle + getattr(system, "iowait", 0.0))
+    return total, total - idle, float(own.user + own.system + own.children_user + own.children_system)
+
+
+def other_cpu_ratio(window_s: float = CPU_WINDOW_S, sleep: Callable[[float], None] = time.sleep,
+                    read: Callable[[], CpuTimes | None] = cpu_times_now) -> float | None:
+    """Share (0-1) of all CPU time that processes other than this one (and its reaped children)
+    used over `window_s`: the whole system's busy CPU time minus this process's, over all the CPU
+    time there was. None where it cannot be read."""
+    before = read()
+    sleep(window_s)
+    after = read()
+    if before is None or after is None or after[0] <= before[0]:
         return None
-    return min(1.0, max(0.0, (busy1 - busy0) - (own1 - own0)) / elapsed)
+    busy, own = after[1] - before[1], after[2] - before[2]
+    return min(1.0, max(0.0, busy - own) / (after[0] - before[0]))
 
 
 def hot_sensors(temperatures: Mapping[str, float], idle: Mapping[str, float], margin: float) -> list[str]:
@@ -164,12 +165,14 @@ def temperatures_of(snapshot: Any) -> dict[str, float]:
 
 class RunConditions:
     """Idle temperatures, taken when it is made (the daemon starts idle), and the conditions of
-    each rotation. `battery`, `low_power`, `cpu_share` are injectable for tests."""
+    each rotation. `battery`, `low_power`, `cpu_share` and the cool-down's `poll_s` are
+    injectable for tests."""
 
     def __init__(self, sampler: Sampler, battery: Callable[[], tuple[bool | None, float | None]] = battery_state,
                  low_power: Callable[[], bool | None] = read_low_power_mode,
-                 cpu_share: Callable[[], float | None] = other_cpu_ratio) -> None:
+                 cpu_share: Callable[[], float | None] = other_cpu_ratio, poll_s: float = POLL_S) -> None:
         self.sampler = sampler
+        self.poll_s = poll_s
         self.measured_idle = temperatures_of(sampler.snapshot())
         self._battery = battery
         self._low_power = low_power
@@ -191,7 +194,7 @@ class RunConditions:
         if config.cooldown_max_wait_seconds > 0 and log is not None:
             log.info("cooldown_start", max_wait_seconds=config.cooldown_max_wait_seconds, margin_celsius=margin)
         cool = wait_until_cool(lambda: temperatures_of(self.sampler.snapshot()), idle, margin,
-                               config.cooldown_max_wait_seconds, stop)
+                               config.cooldown_max_wait_seconds, stop, self.poll_s)
         if cool.state != "off" and log is not None:
             (log.warning if cool.state == "timeout" else log.info)(
                 "cooldown_end", state=cool.state, seconds=round(cool.seconds, 1), hot=list(cool.hot))

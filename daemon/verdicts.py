@@ -12,7 +12,8 @@ Four verdicts, each per phase x backend x precision x device (a *series*):
 - **Every slowdown explained or flagged.** The warm level is the median throughput of the
   phase's first two loops; a later loop at least 5 % below it is a slowdown. It is explained
   when the telemetry changed between the warm loops and that loop (`explain`): a throttle
-  reason appeared or its share of the loop's time grew, thermal pressure rose, the device clock
+  reason appeared or its share of the loop's time grew (by more than 10 points: the sampler's
+  1 s ticks jitter a share near 100 %), thermal pressure rose, the device clock
   fell by at least half the throughput drop, or the device's power moved relative to its cap
   (onto it, off it, or the cap itself moved). Otherwise it is unexplained. A device at its
   power cap from the start has the cap in its warm state: staying there explains nothing.
@@ -35,7 +36,7 @@ DEFAULT_SLOWDOWN_THRESHOLD = 0.05  # a loop this far below the warm level is a s
 DEFAULT_HISTORY_ROTATIONS = 20
 MIN_HISTORY_ROTATIONS = 5  # fewer earlier rotations make no band: 2.5-97.5 % of 2 values is no band
 WARM_LOOPS = 2
-THROTTLE_SHARE_MARGIN = 0.05  # a throttle reason's share of a loop must grow by this much
+THROTTLE_SHARE_MARGIN = 0.10  # a throttle reason's share of a loop must grow by more than this (1 s ticks jitter it)
 AT_CAP = 0.95  # power at or above this fraction of its limit is "at the cap"
 LIMIT_MOVED = 0.01  # a power limit that changed by more than this fraction moved
 

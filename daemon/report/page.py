@@ -258,9 +258,10 @@ def _figures(data: PageData) -> dict[str, Figure]:
                                 f"backend in the {reference}; 1.0 (dashed) is no change, below it is slower."),
         "history.png": Figure("history.png", "sustained throughput per rotation with its history band",
                               "Each rotation's sustained throughput (second half of its loops) of one run "
-                              "configuration, over time; shaded, the band it was judged against: 2.5-97.5 % of "
-                              "the earlier rotations of the same run configuration and profile (their median "
-                              "dashed). A red point fell below its band: a regression."),
+                              "configuration, over time. The error bar at a rotation is the band it was judged "
+                              "against: 2.5-97.5 % of the earlier rotations of the same run configuration and "
+                              "profile, with a tick at their median; the latest band is shaded across. A red "
+                              "point fell below its band: a regression."),
         "energy.png": Figure("energy.png", "energy per step and FLOP per joule by backend",
                              "Left: joules per measured step; right: FLOP per joule. From each slice's "
                              "per-component energy counters, summed without counting a rail twice."),

@@ -146,14 +146,14 @@ class Plotter:
                       linestyle=style, marker=marker, markersize=4, linewidth=1.6,
                       label=self.lane_label(lane) if index == 0 else None)
 
-    def _legend(self, figure: Figure, axes_list: Sequence[Axes], title: str = "backend") -> None:
+    def _legend(self, figure: Figure, axes_list: Sequence[Axes]) -> None:
         """One legend for all panels (a lane has the same colour in each), outside the data."""
         seen: dict[str, Any] = {}
         for axes in axes_list:
             for handle, label in zip(*axes.get_legend_handles_labels(), strict=True):
                 seen.setdefault(label, handle)
         figure.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=9,
-                      title=title, title_fontsize=9)
+                      title="backend", title_fontsize=9)
 
     def _phase_bands(self, axes: Axes) -> None:
         """Mark each phase's time span so power and heat can be read against the workload."""
@@ -344,30 +344,35 @@ class Plotter:
 
     def history(self, path: Path, max_panels: int = 8) -> bool:
         """history.png: per run configuration judged in the selection (at most `max_panels`), each
-        rotation's sustained throughput over time with the history band it was judged against
-        (2.5-97.5 percentile of the earlier rotations, shaded; their median dashed); rotations below
-        their band in red. False when no verdict row has a sustained throughput."""
-        panels = [(key, rows) for key, rows in self.selection.history.items()
-                  if any(r["sustained_flop_per_second"] for r in rows)][:max_panels]
+        rotation's sustained throughput over time, with the band it was judged against as an error
+        bar (2.5-97.5 percentile of the earlier rotations, a tick at their median) and the latest
+        band shaded across the panel; rotations below their band in red. False when no verdict row
+        has a sustained throughput."""
+        panels = [(key, [r for r in rows if r["sustained_flop_per_second"]])
+                  for key, rows in self.selection.history.items()]
+        panels = [(key, rows) for key, rows in panels if rows][:max_panels]
         if not panels:
             return False
-        figure = self._figure(11, 1.0 + 2.4 * len(panels))
+        figure = self._figure(11, 1.0 + 2.6 * len(panels))
         axes_list = list(figure.subplots(len(panels), 1, squeeze=False)[:, 0])
         for axes, ((_run_key, profile), rows) in zip(axes_list, panels, strict=True):
-            rows = [r for r in rows if r["sustained_flop_per_second"]]
-            peak = max(max(r["sustained_flop_per_second"], r["history_high"] or 0.0) for r in rows)
-            scale, prefix = si_scale(peak)
+            values = [r["sustained_flop_per_second"] for r in rows]
+            bands = [r for r in rows if r["history_low"] is not None]
+            bounds = values + [r["history_low"] for r in bands] + [r["history_high"] for r in bands]
+            scale, prefix = si_scale(max(bounds))
             times = self._times(float(r["ended_at"]) for r in rows)
-            banded = [(t, r) for t, r in zip(times, rows, strict=True) if r["history_low"] is not None]
-            if banded:
-                xs = [t for t, _ in banded]
-                axes.fill_between(xs, [r["history_low"] / scale for _, r in banded],
-                                  [r["history_high"] / scale for _, r in banded], step="mid", color="#90caf9",
-                                  alpha=0.45, linewidth=0, label="band: 2.5-97.5 % of earlier rotations")
-                axes.plot(xs, [r["history_median"] / scale for _, r in banded], color="#1565c0", linestyle="--",
-                          linewidth=1.0, drawstyle="steps-mid", label="median of earlier rotations")
-            axes.plot(times, [r["sustained_flop_per_second"] / scale for r in rows], color="#333333",
-                      marker="o", markersize=4, linewidth=1.2, label="sustained throughput")
+            if bands:
+                latest = bands[-1]
+                axes.axhspan(latest["history_low"] / scale, latest["history_high"] / scale, color="#90caf9",
+                             alpha=0.35, linewidth=0, label=f"latest band ({latest['history_rotations']} rotations)")
+                at = self._times(float(r["ended_at"]) for r in bands)
+                medians = [r["history_median"] / scale for r in bands]
+                below = [m - r["history_low"] / scale for m, r in zip(medians, bands, strict=True)]
+                above = [r["history_high"] / scale - m for m, r in zip(medians, bands, strict=True)]
+                axes.errorbar(at, medians, yerr=[below, above], fmt="_", color="#1565c0", markersize=12, capsize=4,
+                              linewidth=1.2, label="band it was judged against: 2.5-97.5 % (tick: median)")
+            axes.plot(times, [v / scale for v in values], color="#333333", marker="o", markersize=4, linewidth=1.2,
+                      label="sustained throughput")
             low = [(t, r) for t, r in zip(times, rows, strict=True) if r["regression"]]
             if low:
                 axes.plot([t for t, _ in low], [r["sustained_flop_per_second"] / scale for _, r in low],
@@ -377,10 +382,11 @@ class Plotter:
                            f"{first['device']} · profile {profile}", loc="left", fontweight="bold")
             self._time_axis(axes, float(rows[0]["ended_at"]), float(rows[-1]["ended_at"]),
                             label=axes is axes_list[-1])
-            axes.set_ylim(bottom=0, top=peak / scale * 1.15)
+            spread = (max(bounds) - min(bounds)) or 0.05 * max(bounds)
+            axes.set_ylim(max(0.0, min(bounds) - 0.3 * spread) / scale, (max(bounds) + 0.3 * spread) / scale)
             axes.set_ylabel(f"{prefix}FLOP/s")
-        self._legend(figure, axes_list, title="")
-        figure.suptitle("History: sustained throughput per rotation of each run configuration, with its band")
+            axes.legend(loc="lower left", fontsize=8)
+        figure.suptitle("History: sustained throughput per rotation of each run configuration")
         figure.savefig(path)
         return True
 
