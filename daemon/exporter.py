@@ -231,7 +231,10 @@ class WorkloadMetrics:
                         gauge.remove(*key)
                 else:
                     gauge.labels(*key).set(value)
-            if verdict.score.passed is not None:
+            if verdict.score.passed is None:  # no score this time: no verdict of an earlier phase stays
+                with contextlib.suppress(KeyError):
+                    self.stability_passed.remove(*key)
+            else:
                 self.stability_passed.labels(*key).set(1 if verdict.score.passed else 0)
             for slowdown in verdict.slowdowns:
                 self.slowdowns.labels(*key, "true" if slowdown.explained else "false").inc()

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from daemon.exporter import WorkloadMetrics
 from daemon.journal import Journal
+from daemon.loop_telemetry import DeviceKeys, LoopWindow, device_keys
 from daemon.phase_verdicts import PhaseJudge, SeriesVerdict, VerdictSettings, journal_history, record_verdicts
 from daemon.sampler import Sampler
 from daemon.sources.base import Reading, Source
@@ -225,3 +226,36 @@ def test_a_rotation_below_its_history_band_is_a_regression(tmp_path: Path) -> No
     assert registry.get_sample_value("soakd_history_rotations", LABELS) == 6
     assert registry.get_sample_value("soakd_sustained_flop_per_second", LABELS) == pytest.approx(0.9 * RATE, rel=1e-4)
     assert elsewhere.band is None and elsewhere.regression is None
+
+
+class RaplPackage(StandInGpu):
+    """A RAPL package zone: the stand-in GPU's energy alone, under the package's name."""
+
+    name = "rapl"
+
+    def read(self) -> Reading:
+        return Reading(energy_joules={"package": super().read().energy_joules["gpu0"]})
+
+
+def test_a_cpu_loop_takes_the_whole_system_power_and_has_no_cap() -> None:
+    """The CPU has no energy counter of its own in soakd's sources: its loop's power is the whole
+    system's (RAPL package here, at 50 W) over its measured time, and without a limit there is no
+    cap to be at."""
+    clock = Clock()
+    package = RaplPackage(clock)
+    package.watts = 50.0
+    sampler = Sampler([package], clock=clock)
+    sampler.sample_once()
+    window = LoopWindow(sampler.snapshot(), device_keys("cpu", "0"))
+    start = clock.now
+    for _ in range(5):
+        clock.now += 1.0
+        window.add(sampler.sample_once())
+    end = sampler.sample_once()
+    telemetry = window.finish(end, sampler.energy_over([(start, clock.now)]), 5.0)
+    assert telemetry.power_watts == pytest.approx(50.0)
+    assert telemetry.power_limit_watts is None and telemetry.at_cap is None
+    assert telemetry.clock_hertz is None and telemetry.throttle_known is False and telemetry.seconds == 5.0
+    assert device_keys("cuda", "3") == DeviceKeys(("nvml", "gpu3_sm"), ("nvml", "gpu3"), ("nvml", "gpu3"),
+                                                  ("nvml", "gpu3"))
+    assert device_keys("coreml-ane", "0").energy == ("powermetrics", "ane")
