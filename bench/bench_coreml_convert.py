@@ -46,6 +46,8 @@ COUNTED_OPS: tuple[str, ...] = ("conv", "linear", "matmul", "transpose", "reshap
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line, with `case_list` (the chosen cases, in order) added; an unknown case
+    exits with argparse's usage error (status 2)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="heavy", help="phase shapes (default: heavy)")
     parser.add_argument("--precision", default="fp16", choices=("fp16", "fp32"),
@@ -108,6 +110,7 @@ def run_case(case: str, profile_name: str, precision: str, seed: int) -> dict[st
 
 
 def machine() -> str:
+    """This machine in one line: CPU model, logical CPUs, RAM (GiB), OS and Python version."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -122,6 +125,8 @@ def machine() -> str:
 
 
 def render(rows: list[dict[str, Any]], argv: Sequence[str], load_at_start: str) -> str:
+    """The Markdown block for bench/RESULTS.md: the command, the machine, the load averages and
+    one table row per case (seconds, GiB, MiB, op counts), failed cases with their error."""
     command = "python bench/bench_coreml_convert.py " + " ".join(shlex.quote(a) for a in argv)
     first = rows[0] if rows else {}
     lines = [
@@ -149,6 +154,10 @@ def render(rows: list[dict[str, Any]], argv: Sequence[str], load_at_start: str) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run each case in a child process and print the table; 0 when every case converted, else 1.
+
+    With the hidden `--child CASE`, run that one case here and print its row as JSON.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.child:

@@ -38,10 +38,13 @@ from workloads.timing import percentile  # noqa: E402
 
 
 def completed(daemon: Daemon) -> float:
+    """How many rotations the daemon has completed (soakd_rotations_total{result="completed"})."""
     return daemon.value("soakd_rotations_total", result="completed")
 
 
 def wait_rotation(daemon: Daemon, count: float, timeout: float) -> None:
+    """Wait up to `timeout` seconds until `count` rotations have completed; raises
+    AssertionError (with the daemon's output) when they have not or the daemon exited."""
     daemon.wait_for("soakd_rotations_total", count, timeout=timeout, result="completed")
 
 
@@ -79,6 +82,8 @@ def load_metrics(url: str, rate: float, seconds: float) -> list[float]:
 
 
 def main() -> int:
+    """Run the two measurements on a fresh daemon and print them; 0 when both ran (the targets
+    are printed beside the numbers, not enforced)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rotations", type=int, default=100)
     parser.add_argument("--rate", type=float, default=100.0, help="requests per second")

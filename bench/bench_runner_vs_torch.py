@@ -49,11 +49,15 @@ from workloads.measure import CheckState, measure
 from workloads.phases import PHASE_NAMES, PROFILES, PhaseSpec, Profile, get_profile
 from workloads.protocol import RunSlice, SliceDone, WorkerEvent
 
-TARGET = 0.99
+TARGET = 0.99  # soakd / bare, issue 11 ("ratio >= 0.99, or within the bare-vs-bare spread")
 
 
 @dataclass
 class Row:
+    """One phase x precision: per round, soakd's steps and seconds (A), the bare loop's steps
+    and seconds (B) and the bare loop's seconds again (B'); rates in FLOP/s from
+    `flop_per_step`. `skipped` says why a row was not measured ("" when it was)."""
+
     phase: str
     precision: str
     shape: str
@@ -68,23 +72,28 @@ class Row:
     skipped: str = ""
 
     def rate(self, steps: list[int], seconds: list[float]) -> float:
+        """FLOP/s over all rounds: total steps x FLOP per step / total seconds (NaN for 0 s)."""
         total = sum(seconds)
         return sum(steps) * self.flop_per_step / total if total > 0 else math.nan
 
     @property
     def soakd(self) -> float:
+        """soakd's FLOP/s over its own measured seconds (what it reports)."""
         return self.rate(self.soakd_steps, self.soakd_seconds)
 
     @property
     def soakd_wall_rate(self) -> float:
+        """soakd's FLOP/s over the wall time of its runs (work between segments included)."""
         return self.rate(self.soakd_steps, self.soakd_wall)
 
     @property
     def bare(self) -> float:
+        """The bare loop's FLOP/s (B runs only)."""
         return self.rate(self.bare_steps, self.bare_seconds)
 
     @property
     def ratio(self) -> float:
+        """soakd / bare throughput (NaN without a bare rate)."""
         return self.soakd / self.bare if self.bare > 0 else math.nan
 
     def bare_spread(self) -> float:
@@ -93,6 +102,7 @@ class Row:
                     if a > 0 and b > 0), default=math.nan)
 
     def round_ratios(self) -> list[float]:
+        """soakd / bare steps per second of each round that has both."""
         out = []
         for s_steps, s_sec, b_steps, b_sec in zip(self.soakd_steps, self.soakd_seconds,
                                                   self.bare_steps, self.bare_seconds, strict=True):
@@ -102,6 +112,8 @@ class Row:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line, with `profile_obj` (the profile with its --set overrides) added; a bad
+    list, number or override exits with argparse's usage error (status 2)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--precisions", default="fp32,fp16,bf16",
@@ -149,6 +161,7 @@ def _comma(parser: argparse.ArgumentParser, text: str, allowed: Sequence[str],
 
 
 def synchronizer(device: str) -> Callable[[], None]:
+    """A function that waits for the device's queued work (torch.cuda.synchronize; a no-op on the CPU)."""
     if device == "cuda":
         return torch.cuda.synchronize
     return lambda: None
@@ -206,6 +219,7 @@ def run_bare(step: Callable[[], object], steps: int, sync: Callable[[], None]) -
 
 
 def describe(spec: PhaseSpec) -> str:
+    """The spec's shape in a few words for the table, e.g. "1x1024x512, 12 layers, 16 heads"."""
     shapes = spec.input_shapes()
     first = next(iter(shapes.values()))
     text = "x".join(str(n) for n in first)
@@ -218,6 +232,9 @@ def describe(spec: PhaseSpec) -> str:
 
 def bench_one(profile: Profile, phase: str, precision: str, args: argparse.Namespace,
               log: Callable[[str], None]) -> Row:
+    """Prepare one phase at one precision on `args.device` and run `args.rounds` rounds of A,
+    B and B' in a rotating order; progress goes to `log`. Never raises for the row: an
+    unsupported precision, a failed prepare or an error mid-run is the row's `skipped`."""
     spec = profile.spec(phase)
     row = Row(phase, precision, describe(spec), spec.flop_per_step())
     backend = get_backend(args.device)
@@ -270,6 +287,7 @@ def bench_one(profile: Profile, phase: str, precision: str, args: argparse.Names
 
 
 def device_name(device: str) -> str:
+    """The GPU with its CUDA and cuDNN versions, or the CPU with torch's thread count."""
     if device == "cuda":
         index = torch.cuda.current_device()
         return (f"{torch.cuda.get_device_name(index)} (cuda:{index}, CUDA {torch.version.cuda}, "
@@ -278,10 +296,13 @@ def device_name(device: str) -> str:
 
 
 def tflops(value: float) -> str:
+    """FLOP/s as TFLOP/s with three decimals; "-" when not finite."""
     return f"{value / 1e12:.3f}" if math.isfinite(value) else "-"
 
 
 def render(rows: list[Row], args: argparse.Namespace, argv: Sequence[str]) -> str:
+    """The Markdown section for bench/RESULTS.md: command, device, settings, one table row per
+    phase x precision, and which rows miss the target."""
     command = shlex.join(["python", "bench/bench_runner_vs_torch.py", *argv])
     overrides = ", ".join(args.overrides) or "none"
     lines = [
@@ -329,6 +350,8 @@ def render(rows: list[Row], args: argparse.Namespace, argv: Sequence[str]) -> st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run every phase x precision and print the table; 1 when the device is not available,
+    else 0 (a row that misses the target is reported, not an error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.threads > 0:

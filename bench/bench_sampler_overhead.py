@@ -39,6 +39,9 @@ from workloads.phases import PHASE_NAMES, get_profile
 
 @dataclass
 class Round:
+    """One timed round: `steps` in `seconds` of wall time, with the sampler on or off; with it
+    on, the sampler thread's CPU seconds and ticks during the round."""
+
     index: int
     sampler_on: bool
     steps: int
@@ -48,10 +51,13 @@ class Round:
 
     @property
     def rate(self) -> float:
+        """Steps per second."""
         return self.steps / self.seconds
 
 
 def make_step(device: str, profile: str, phase: str) -> Callable[[], None]:
+    """One synchronised forward pass of the profile's phase model (fp32, seed 0) on `device`.
+    Raises KeyError for an unknown profile or phase."""
     spec = get_profile(profile).spec(phase)
     model, inputs = build(spec)
     model = model.to(device)
@@ -67,6 +73,7 @@ def make_step(device: str, profile: str, phase: str) -> Callable[[], None]:
 
 
 def run_for(step: Callable[[], None], seconds: float) -> tuple[int, float]:
+    """Call `step` until `seconds` have passed (at least once); (steps, elapsed seconds)."""
     steps = 0
     start = time.perf_counter()
     deadline = start + seconds
@@ -79,6 +86,7 @@ def run_for(step: Callable[[], None], seconds: float) -> tuple[int, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the A/B rounds, print the per-round table, the summary and a RESULTS.md line; 0."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--profile", default="light")

@@ -62,6 +62,9 @@ class Trace:
 
 
 def trace_nvml(stop: threading.Event, trace: Trace, interval: float = 0.1) -> None:
+    """Append every GPU's energy counter (mJ) and SM clock (MHz) to `trace` every `interval`
+    seconds until `stop` is set; also records each GPU's name and enforced power limit (W).
+    Returns at once without NVML (no driver); an NVML error mid-trace propagates."""
     import pynvml
 
     try:
@@ -85,6 +88,8 @@ def trace_nvml(stop: threading.Event, trace: Trace, interval: float = 0.1) -> No
 
 def load_metrics(url: str, rate: float, stop: threading.Event, latencies: list[float],
                  errors: list[str]) -> None:
+    """GET `url` at `rate` requests/s until `stop` is set, one at a time; each answer's
+    latency (seconds) goes to `latencies`, each failure's repr to `errors`."""
     next_at = time.monotonic()
     while not stop.is_set():
         started = time.perf_counter()
@@ -99,12 +104,15 @@ def load_metrics(url: str, rate: float, stop: threading.Event, latencies: list[f
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
 def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` (a line prefix) that carry `labels`, scraped from
+    `url`; 0.0 when the scrape fails."""
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
@@ -118,6 +126,7 @@ def metric(url: str, name: str, **labels: str) -> float:
 
 
 def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100) of `values`; NaN when empty."""
     ordered = sorted(values)
     if not ordered:
         return float("nan")
@@ -128,6 +137,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_daemon(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Run `soakd run` with a config written under `out` until one rotation has completed or
+    failed, with the NVML trace and the /metrics load beside it, then stop it (SIGTERM, kill
+    after 30 s). The last /metrics scrape is written to `out`/metrics.txt. Returns the trace,
+    the latencies and errors, the state dir, the start time (unix s), the log path, the exit
+    code, the daemon's RSS (bytes) when the rotation ended and that last scrape. Raises
+    RuntimeError when the daemon exits early or no rotation ends within `args.timeout`
+    seconds."""
     state = out / "state"
     state.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -206,6 +222,11 @@ nvml = true
 
 
 def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The summary of a `run_daemon` run, from its journal, JSON log and trace: per phase wall
+    and load-gap seconds, the largest slice boundary, TFLOP/s by device, steady and lowest
+    boundary power (W); the rotation's wall time against the planned phase time; /metrics
+    latency p50/p99/max in ms; the daemon's RSS (MiB), the journal's device-outlier events and
+    the scrape's relative-throughput lines."""
     db = sqlite3.connect(run["state"] / "journal.sqlite3")
     db.row_factory = sqlite3.Row
     rotation = dict(db.execute("SELECT * FROM rotations ORDER BY id LIMIT 1").fetchone())
@@ -281,6 +302,7 @@ def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(summary: dict[str, Any], args: argparse.Namespace) -> str:
+    """The summary as a Markdown table and two lines, for bench/RESULTS.md."""
     lines = [f"GPUs: {summary['gpus']}; enforced power limit {summary['power_limit_w']} W",
              f"phase_seconds {args.phase_seconds}, slice_seconds {args.slice_seconds}, {args.precision}",
              "| phase | technique | wall s | load gap s (share) | largest boundary s | TFLOP/s by device "
@@ -307,6 +329,7 @@ def render(summary: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def main() -> int:
+    """Run, analyse, write trace.csv and summary.json under --out, print the table; 0."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phase-seconds", type=float, default=120.0)
     parser.add_argument("--slice-seconds", type=float, default=30.0)

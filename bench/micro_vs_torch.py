@@ -36,7 +36,9 @@ Op = Callable[[], object]
 
 
 def bare_op(op: str, n: int, device: torch.device, dtype: torch.dtype) -> Op:
-    """The suite's op `op` at size `n`, written with plain torch calls and fresh tensors."""
+    """The suite's op `op` at size `n`, written with plain torch calls and fresh tensors
+    (n x n matrices for matmul, n-element vectors otherwise). Raises ValueError for an op
+    the suite does not have."""
     pinned = device.type == "cuda"
     if op == "matmul":
         a = torch.randn(n, n, device=device, dtype=dtype)
@@ -72,6 +74,7 @@ def bare_op(op: str, n: int, device: torch.device, dtype: torch.dtype) -> Op:
 
 
 def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA, MPS; nothing on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     elif device.type == "mps":
@@ -113,7 +116,9 @@ def bare_times(fn: Op, device: torch.device, warmup: int, iterations: int,
 
 def compare(device_name: str, iterations: int, warmup: int, rounds: int,
             dtype_name: str) -> tuple[str, list[dict[str, Any]]]:
-    """(device label, one row per op and size)."""
+    """(device label, one row per op and size): each row's soakd and bare medians in seconds
+    (the median over rounds of each round's median) and their ratio soakd / bare. Raises
+    SystemExit with a message when `device_name` is not an available torch backend."""
     backend = get_backend(device_name)
     if not isinstance(backend, TorchBackend):
         raise SystemExit(f"{device_name} is not a torch backend")
@@ -153,6 +158,7 @@ def compare(device_name: str, iterations: int, warmup: int, rounds: int,
 
 
 def render(rows: list[dict[str, Any]]) -> str:
+    """The rows as a text table (medians in µs) with the ratios' geometric mean, min and max."""
     header = (f"{'Operation':<24} {'Size':<11} {'soakd median (us)':>18} "
               f"{'bare median (us)':>17} {'ratio':>7}")
     lines = [header, "-" * len(header)]
@@ -169,6 +175,7 @@ def render(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Compare every op and size on --device and print the table (or JSON with --json); 0."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default="cuda")
     parser.add_argument("--iterations", type=int, default=100, help="timed calls per round")

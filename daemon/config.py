@@ -49,7 +49,7 @@ class Config:
     state_dir: Path = field(default_factory=default_state_dir)
     log_format: str = "auto"  # auto: console on a terminal, JSON lines otherwise
     log_level: str = "info"
-    profile: str = "heavy"
+    profile: str = "auto"  # heavy where an accelerator runs, cpu elsewhere (daemon/autoprofile.py)
     profile_overrides: dict[str, Any] = field(default_factory=dict)
     interval_seconds: float = 3600.0
     cron: str | None = None
@@ -198,9 +198,9 @@ def _cron(key: str, value: Any) -> str:
 
 
 def _profile(key: str, value: Any) -> str:
-    from workloads.phases import PROFILES
+    from workloads.phases import AUTO_PROFILE, PROFILES
 
-    return str(_choice(tuple(PROFILES))(key, value))
+    return str(_choice((AUTO_PROFILE, *PROFILES))(key, value))
 
 
 def _phases(key: str, value: Any) -> tuple[str, ...]:
@@ -394,7 +394,8 @@ def validate(config: Config) -> Config:
         raise ConfigError("schedule.jitter_seconds", config.jitter_seconds,
                           f"must be at most half the interval ({_fmt(config.interval_seconds / 2)} s)")
     try:
-        get_profile(config.profile, config.profile_overrides)
+        for name in ("heavy", "cpu") if config.profile == "auto" else (config.profile,):
+            get_profile(name, config.profile_overrides)
     except (KeyError, ValueError) as exc:
         message = str(exc).strip("'\"")
         key, _, why = message.partition(": ")

@@ -158,7 +158,8 @@ class EnergyHistory:
     """A bounded history of (time.monotonic(), cumulative joules per (source, component)).
 
     `max_points` bounds memory (one point per sampler tick: 7200 points cover two hours at
-    1 s). Not thread-safe: the sampler calls it under its own lock.
+    1 s). Not thread-safe: the sampler calls it under its own lock. Raises ValueError for
+    `max_points` below 2.
     """
 
     def __init__(self, max_points: int = 7200) -> None:
@@ -170,7 +171,7 @@ class EnergyHistory:
         self._gaps: list[tuple[str, float, float]] = []
 
     def add(self, now: float, cumulative: Mapping[EnergyKey, float]) -> None:
-        """One tick's cumulative counters (times must not go backwards)."""
+        """One tick's cumulative counters; raises ValueError if `now` is before the last tick's."""
         if self._times and now < self._times[-1]:
             raise ValueError("energy history times must not go backwards")
         self._times.append(now)
@@ -206,7 +207,8 @@ class EnergyHistory:
         return {k: e0.get(k, 0.0) + weight * (e1.get(k, 0.0) - e0.get(k, 0.0)) for k in keys}
 
     def over(self, intervals: Sequence[tuple[float, float]]) -> IntervalEnergy:
-        """Energy during `intervals` ((start, end) pairs of time.monotonic(); end >= start)."""
+        """Energy during `intervals` ((start, end) pairs of time.monotonic(); end >= start).
+        Raises ValueError for an interval that ends before it starts."""
         joules: dict[EnergyKey, float] = {}
         seconds = covered = unmeasured = 0.0
         for start, end in intervals:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from daemon.metric_catalog import BY_NAME, MetricDef
 from daemon.records import ConditionsRow
@@ -62,6 +64,10 @@ class WorkloadMetrics:
     per step), never from the live configuration, so a reload mid-rotation changes nothing
     already running. Stability trackers are kept per series and run configuration: slices
     that ran differently are never pooled.
+
+    Every instrument is registered in `registry` (names, labels and help from
+    daemon/metric_catalog.py); `now` is the wall clock in seconds since the epoch (time.time),
+    injectable for tests. The methods may be called from several threads (one lock).
     """
 
     def __init__(self, registry: CollectorRegistry, now: Callable[[], float] = time.time) -> None:
@@ -103,6 +109,8 @@ class WorkloadMetrics:
         self.rotations = i("soakd_rotations_total")
         self.rotation_duration = i("soakd_rotation_duration_seconds", buckets=ROTATION_BUCKETS)
         self.rotation_active = i("soakd_rotation_active")
+        self.plan_state = RotationPlanCollector()
+        registry.register(self.plan_state)
         self.last_rotation_end = i("soakd_last_rotation_end_timestamp_seconds")
         self.micro_runs = i("soakd_micro_runs_total")
         self.micro_seconds = i("soakd_micro_seconds")
@@ -212,7 +220,8 @@ class WorkloadMetrics:
 
     def device_verdicts(self, phase: str, backend: str, precision: str,
                         verdicts: dict[str, DeviceVerdict]) -> None:
-        """A phase's per-device verdicts (daemon/verdicts.py)."""
+        """A phase's per-device verdicts (daemon/verdicts.py), keyed by device index: sets each
+        device's throughput over the host's median device (a ratio) and its outlier flag (1/0)."""
         with self._lock:
             for device, verdict in verdicts.items():
                 key = (phase, backend, precision, device)
@@ -316,13 +325,30 @@ class WorkloadMetrics:
                 for explained in ("true", "false"):  # increase() sees the first slowdown
                     self.slowdowns.labels(*key, explained)
 
+    def rotation_progress(self, ratio: float | None, remaining_s: float | None) -> None:
+        """Where the running rotation is; None (between rotations) removes the gauges."""
+        self.plan_state.values.update(progress=ratio, remaining=remaining_s)
+
+    def rotation_plan(self, estimate_s: float, interval_s: float | None, fits: bool | None) -> None:
+        """The chosen profile's estimated rotation time against the schedule's interval."""
+        self.plan_state.values.update(estimate=estimate_s, interval=interval_s,
+                                      fits_estimate=None if fits is None else float(fits))
+
+    def rotation_measured(self, seconds: float, interval_s: float | None) -> None:
+        """The last rotation's wall time against the interval."""
+        if interval_s is not None:
+            self.plan_state.values["fits_measured"] = float(seconds <= interval_s)
+
     def rotation_finished(self, result: str, seconds: float) -> None:
-        """A rotation ended with `result` after `seconds` of wall time."""
+        """A rotation ended with `result` (completed, stopped, failed, skipped or interrupted)
+        after `seconds` of wall time; a skipped rotation is counted but not timed. Every series
+        stops being active and the worker memory figures are cleared."""
         self.rotation_active.set(0)
         self.rotations.labels(result=result).inc()
         if result != "skipped":
             self.rotation_duration.observe(seconds)
         self.last_rotation_end.set(self._now())
+        self.rotation_progress(None, None)
         with self._lock:
             for key in self.active_keys:
                 self.active.labels(*key).set(0)
@@ -330,7 +356,9 @@ class WorkloadMetrics:
             self.worker_memory = {}  # no worker runs between rotations
 
     def micro_results(self, results: list[MicroResult]) -> None:
-        """One micro-benchmark suite run's results."""
+        """One micro-benchmark suite run's results: per backend, category, op and size, the
+        median time in seconds and, where the op has them, FLOP/s and bytes/s (from the
+        results' GFLOP/s and GB/s, times 1e9)."""
         self.micro_runs.inc()
         for row in results:
             labels = (row.backend, row.category, row.op, row.size)
@@ -339,6 +367,30 @@ class WorkloadMetrics:
                 self.micro_flops.labels(*labels).set(row.gflops * 1e9)
             if row.gb_per_s is not None:
                 self.micro_bytes.labels(*labels).set(row.gb_per_s * 1e9)
+
+
+class RotationPlanCollector(Collector):
+    """The rotation's progress and its fit to the interval, each present only while known."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float | None] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        """The gauges whose values are set now."""
+        values = dict(self.values)
+        for key, name in (("progress", "soakd_rotation_progress_ratio"),
+                          ("remaining", "soakd_rotation_remaining_seconds"),
+                          ("estimate", "soakd_rotation_estimated_seconds"),
+                          ("interval", "soakd_rotation_interval_seconds")):
+            if values.get(key) is not None:
+                yield GaugeMetricFamily(name, BY_NAME[name].help, value=values[key])
+        fits = GaugeMetricFamily("soakd_rotation_fits_interval", BY_NAME["soakd_rotation_fits_interval"].help,
+                                 labels=["basis"])
+        for basis in ("estimate", "measured"):
+            value = values.get(f"fits_{basis}")
+            if value is not None:
+                fits.add_metric([basis], value)
+        yield fits
 
 
 def series_key(context: SliceContext) -> Key:

@@ -13,7 +13,9 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 
 
 def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
-    """`fmt` is auto (console when `stream` is a terminal, else JSON), json or console."""
+    """Configure structlog for the whole process: `fmt` is auto (console when `stream` is a
+    terminal, else JSON), json or console; `level` is one of `LEVELS` (an unknown name means
+    info); `stream` defaults to stdout. Each line carries an ISO 8601 UTC timestamp and the level."""
     stream = stream or sys.stdout
     console = fmt == "console" or (fmt == "auto" and stream.isatty())
     renderer: Any = structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
@@ -32,4 +34,5 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
 
 
 def get_logger(**context: Any) -> Any:
+    """The `soakd` structlog logger with `context` bound (keys added to every line it writes)."""
     return structlog.get_logger("soakd").bind(**context)

@@ -18,6 +18,9 @@ RUN_CONFIG = ("run_key", "shapes", "technique", "memory_format", "variant", "tf3
 
 @dataclass(frozen=True)
 class MetricDef:
+    """One exported metric: `name` as declared (a counter's `_total` included, in base units),
+    `kind` (counter, gauge, histogram or info), its label names in order, and its help text."""
+
     name: str
     kind: str  # counter | gauge | histogram | info
     labels: tuple[str, ...]
@@ -193,6 +196,20 @@ METRICS: tuple[MetricDef, ...] = (
               "(found open at start after a crash, counted once by the next run)."),
     MetricDef("soakd_rotation_duration_seconds", "histogram", (), "Wall time of a rotation."),
     MetricDef("soakd_rotation_active", "gauge", (), "1 while a rotation runs."),
+    MetricDef("soakd_rotation_progress_ratio", "gauge", (),
+              "How far the running rotation is (0-1): planned phase time done over planned phase time; "
+              "absent between rotations."),
+    MetricDef("soakd_rotation_remaining_seconds", "gauge", (),
+              "Estimated time left in the running rotation (its planned phase time left); absent "
+              "between rotations."),
+    MetricDef("soakd_rotation_estimated_seconds", "gauge", (),
+              "A rotation's planned wall time (phases, CPU baselines to measure, ~60 s of probe, "
+              "preparation and hand-overs) for the profile the daemon runs."),
+    MetricDef("soakd_rotation_interval_seconds", "gauge", (),
+              "Seconds between two scheduled rotations (absent for a cron schedule without a fixed gap)."),
+    MetricDef("soakd_rotation_fits_interval", "gauge", ("basis",),
+              "1 when a rotation fits its interval, 0 when not: basis=\"estimate\" from the plan, "
+              "basis=\"measured\" from the last rotation's wall time."),
     MetricDef("soakd_last_rotation_end_timestamp_seconds", "gauge", (),
               "Unix time the last rotation ended."),
     MetricDef("soakd_cooldown_seconds", "gauge", (),

@@ -23,7 +23,7 @@ from daemon.records import ConditionsRow, SliceRow
 from daemon.sampler import Sampler, Snapshot
 from daemon.verdicts import DeviceVerdict, device_outliers, sustained_throughput
 from workloads.backends import parse_backends, parse_precisions
-from workloads.phases import get_profile
+from workloads.phases import Profile, get_profile
 from workloads.protocol import Check, Failure, Steps
 from workloads.rotation import (
     BaselineReused,
@@ -41,10 +41,11 @@ from workloads.rotation import (
 )
 
 
-def plan_from_config(config: Config) -> RotationPlan:
-    """The rotation a config asks for (`auto` is resolved by the rotation's own probe)."""
+def plan_from_config(config: Config, profile: Profile | None = None) -> RotationPlan:
+    """The rotation a config asks for (`auto` backends are resolved by the rotation's own probe;
+    `profile` is the chosen one when the config says `auto`, daemon/autoprofile.py)."""
     return RotationPlan(
-        profile=get_profile(config.profile, config.profile_overrides),
+        profile=profile or get_profile(config.profile, config.profile_overrides),
         backends=parse_backends(config.backends), phases=list(config.phases),
         precisions=parse_precisions(",".join(config.precisions)),
         mode=config.mode,  # type: ignore[arg-type]
@@ -76,6 +77,12 @@ class Progress:
         now = time.monotonic() if now is None else now
         in_phase = 0.0 if math.isnan(self.phase_started) else now - self.phase_started
         return max(0.0, self.planned_seconds - in_phase) + self.planned_seconds * (self.units - self.unit)
+
+    def ratio(self, now: float | None = None) -> float | None:
+        """Planned phase time done over the rotation's planned phase time (0-1; None unknown)."""
+        remaining = self.remaining_seconds(now)
+        total = self.planned_seconds * self.units
+        return None if remaining is None or total <= 0 else min(1.0, max(0.0, 1.0 - remaining / total))
 
     def to_dict(self) -> dict[str, Any]:
         """For the journal's `current` state (what `soakd status` shows)."""
@@ -214,6 +221,7 @@ class Recorder:
                             device=context.device)
         if isinstance(event, SliceStarted):
             self.progress.slice_index = event.index
+            self.metrics.rotation_progress(self.progress.ratio(), self.progress.remaining_seconds())
             self._windows[event.slice_id] = (time.time(), self.sampler.snapshot())
             self.judge.slice_started(context, event.slice_id)
             self.journal.set_state("current", {"rotation": self.rotation_id, "phase": context.phase,

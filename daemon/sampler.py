@@ -86,7 +86,8 @@ class Sampler:
     seconds are kept by a `ThrottleBook` (daemon/throttle.py) the same way.
 
     `history_points` bounds the energy history `energy_over` reads (one point per tick).
-    The sampler owns its sources: `stop()` closes them.
+    The sampler owns its sources: `stop()` closes them. Raises ValueError for an interval
+    that is not positive or two sources with the same name.
     """
 
     def __init__(self, sources: list[Source], interval_s: float = 1.0,
@@ -181,7 +182,8 @@ class Sampler:
 
     @staticmethod
     def energy_between(start: Snapshot, end: Snapshot) -> dict[str, float]:
-        """component -> joules used between two snapshots, summed over sources."""
+        """component -> joules used between two snapshots, summed over sources. Raises
+        ValueError when `end` is older than `start`."""
         if end.monotonic < start.monotonic:
             raise ValueError("end snapshot is older than start snapshot")
         out: dict[str, float] = {}

@@ -31,6 +31,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry
 
 from daemon import schedule, signals
+from daemon.autoprofile import ProfileChoice, choose_profile
 from daemon.config import Config, ConfigError, heavy_skip_reason, load_config
 from daemon.exporter import SnapshotCollector, WorkloadMetrics
 from daemon.health import DaemonCollector, Liveness
@@ -42,8 +43,10 @@ from daemon.log import get_logger
 from daemon.phase_verdicts import VerdictSettings
 from daemon.recorder import Recorder, plan_from_config
 from daemon.sampler import Sampler, default_sources
-from workloads.backends import parse_backends
+from workloads.backends import auto_candidates, parse_backends, resolve_backends
 from workloads.host import host_info
+from workloads.process import probe
+from workloads.protocol import ProbeResult
 from workloads.rotation import RotationRunner
 
 STOP_TIMEOUT_S = 8.0  # the executor gets this long after SIGTERM; exit stays under 10 s
@@ -52,7 +55,7 @@ TELEMETRY_EVERY_S = 10.0  # journal a telemetry row this often during rotations
 
 @dataclass
 class Request:
-    kind: str  # rotation | micro
+    kind: str  # rotation | micro | profile (choose it, before the first rotation)
     trigger: str  # schedule | signal | start
 
 
@@ -137,6 +140,7 @@ class Service:
         self._last_health: dict[str, bool] = {}
         self._last_telemetry = 0.0
         self._last_event_seq = 0
+        self._choice: ProfileChoice | None = None  # the profile rotations run (daemon/autoprofile.py)
         self._stage = "starting"  # starting | running | stopping
         self._started = time.monotonic()
         self._ready_at = float("inf")  # monotonic time start-up finished
@@ -248,6 +252,7 @@ class Service:
     def _start_executor(self, stack: contextlib.ExitStack) -> None:
         self.executor = Executor(self._handle_request, self.log)
         self.executor.start()
+        self.executor.submit(Request("profile", "start"))  # say at start which profile runs, and why
         stack.callback(self._stop_executor)
 
     def _stop_executor(self) -> None:
@@ -374,6 +379,7 @@ class Service:
             return
         restart_needed = [k for k in ("listen", "state_dir", "http_idle_timeout_seconds", "http_max_connections")
                           if getattr(new, k) != getattr(old, k)]
+        self._choice = None  # the profile is chosen again for the new config
         self.log.info("config_reloaded", restart_needed_for=restart_needed or None)
         self.journal.add_event("config_reloaded", {"restart_needed_for": restart_needed})
 
@@ -384,24 +390,47 @@ class Service:
     # --- requests -------------------------------------------------------------------------
 
     def _handle_request(self, request: Request) -> None:
-        if request.kind == "micro":
+        if request.kind == "profile":
+            self._profile_choice()
+        elif request.kind == "micro":
             self._run_micro()
         else:
             self.run_rotation(request.trigger)
+
+    def _profile_choice(self) -> ProfileChoice:
+        """The profile rotations run (chosen once per config: `auto` probes the backends in a
+        worker, daemon/autoprofile.py), said in the log, the journal's state and the metrics."""
+        if self._choice is not None:
+            return self._choice
+        config = self.config
+        backends = parse_backends(config.backends)
+        if "auto" in backends and config.profile == "auto":
+            answer, _ = probe(auto_candidates(), ("fp32",))
+            backends = resolve_backends(backends, answer if isinstance(answer, ProbeResult) else ProbeResult({}))
+        choice = choose_profile(config, backends)
+        self._choice = choice
+        self.log.info("profile", **choice.to_dict())
+        if choice.fits is False:
+            self.log.warning("rotation_exceeds_interval", estimate_seconds=round(choice.estimate_s),
+                             interval_seconds=choice.interval_s, profile=choice.name)
+        self.journal.set_state("profile", choice.to_dict())
+        self.metrics.rotation_plan(choice.estimate_s, choice.interval_s, choice.fits)
+        return choice
 
     def run_rotation(self, trigger: str) -> None:
         """Run one rotation now (on the executor thread), journaled and measured."""
         config = self.config
         if self.stop_event.is_set():
             return
-        skip = heavy_skip_reason(config.profile)
+        choice = self._profile_choice()
+        skip = heavy_skip_reason(choice.name)
         if skip:
-            rid = self.journal.start_rotation(config.profile, trigger, config.backends)
+            rid = self.journal.start_rotation(choice.name, trigger, config.backends)
             self.journal.end_rotation(rid, "skipped", skip)
             self.metrics.rotation_finished("skipped", 0.0)
             self.log.warning("rotation_skipped", reason=skip)
             return
-        plan = plan_from_config(config)
+        plan = plan_from_config(config, choice.profile)
         conditions = self.recorder.conditions.before_rotation(config, self.stop_event, self.log)  # cool-down first
         started = time.monotonic()
         self._rotation_id = self.journal.start_rotation(plan.profile.name, trigger, ",".join(plan.backends))
@@ -422,6 +451,11 @@ class Service:
         self.metrics.rotation_finished(result, seconds)
         self.log.info("rotation_end", rotation=self._rotation_id, result=result,
                       seconds=round(seconds, 2))
+        if result == "completed":
+            self.metrics.rotation_measured(seconds, choice.interval_s)
+            if choice.interval_s is not None and seconds > choice.interval_s:
+                self.log.warning("rotation_exceeded_interval", seconds=round(seconds),
+                                 interval_seconds=choice.interval_s, profile=choice.name)
         self.recorder.end()
         self._rotation_id = None
 

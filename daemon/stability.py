@@ -30,6 +30,10 @@ THROUGHPUT_SECONDS = 10.0  # window for the "throughput now" gauge
 
 @dataclass
 class Segment:
+    """One step event's share of a tracker's history: `seconds` of measured time (warm-up
+    excluded) that did `flop` floating-point operations, ending `measured_end` cumulative
+    measured seconds into the key's phase run."""
+
     measured_end: float  # cumulative measured seconds at the segment's end
     seconds: float
     flop: float
@@ -37,7 +41,14 @@ class Segment:
 
 @dataclass
 class StabilityTracker:
-    """Throughput history of one phase/backend/precision within one phase run."""
+    """Throughput history of one phase/backend/precision within one phase run.
+
+    Fed by `add` with each step event's measured seconds and FLOP, and by `add_energy` with
+    the joules measured over those seconds. `window` (seconds of measured time) is the length
+    of the first window (the baseline) and of the last one (`window_for` sizes it from the
+    planned phase length). Segments older than the longer of `window` and
+    `THROUGHPUT_SECONDS` are dropped, so memory stays bounded over a long phase.
+    """
 
     window: float = RECENT_SECONDS  # the first and the last window (s of measured time)
     measured: float = 0.0
@@ -49,6 +60,9 @@ class StabilityTracker:
     segments: deque[Segment] = field(default_factory=deque)
 
     def add(self, seconds: float, flop: float) -> None:
+        """Count `seconds` of measured time that did `flop` FLOP; a segment of 0 s or less is
+        ignored. The first `window` seconds also fill the baseline (a segment that straddles
+        its end is split in proportion to time)."""
         if seconds <= 0:
             return
         if self.baseline_seconds < self.window:
@@ -67,6 +81,8 @@ class StabilityTracker:
         return [s for s in self.segments if s.measured_end > start]
 
     def throughput(self, window: float = THROUGHPUT_SECONDS) -> float | None:
+        """FLOP/s over the segments that end within the last `window` seconds of measured time
+        (10 s by default); None when there are none."""
         segments = self._window(window)
         total = sum(s.seconds for s in segments)
         return sum(s.flop for s in segments) / total if total > 0 else None
@@ -98,11 +114,15 @@ class StabilityTracker:
         return math.sqrt(var) / mean
 
     def add_energy(self, joules: float | None) -> None:
+        """Add the whole-system energy measured over a slice's measured time, in joules; None
+        (not measured) or a negative figure is skipped."""
         if joules is not None and joules >= 0:
             self.energy_joules += joules
             self.energy_known = True
 
     def flop_per_joule(self) -> float | None:
+        """FLOP per joule: every FLOP counted by `add` over every joule counted by
+        `add_energy`; None until some positive energy was added."""
         if not self.energy_known or self.energy_joules <= 0:
             return None
         return self.flop / self.energy_joules

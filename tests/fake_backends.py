@@ -193,6 +193,17 @@ class _SlowStepWorkload(TorchWorkload):
 SLOW_STEP_S = 0.004
 
 
+class DeviceLikeBackend(CpuBackend):
+    """Steps that leave the host mostly idle, as a GPU's do (each waits 4 ms after a small CPU
+    step): what runs beside it (a worker preparing ahead) gets the CPU."""
+
+    name = "devicelike-fake"
+
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int,
+                options: PrepareOptions | None = None) -> PreparedWorkload:
+        return _as(super().prepare(spec, precision, seed, options), _SlowStepWorkload)
+
+
 class MultiDeviceBackend(CpuBackend):
     """Three stand-in GPUs (devices "0", "1", "2"), each the CPU; device "2" is slow."""
 

@@ -53,6 +53,7 @@ class LayerNormChannels(nn.Module):
         self.affine_shape = (1, channels, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, 1, S) -> (B, C, 1, S), normalised over C."""
         centred = x - x.mean(dim=1, keepdim=True)
         variance = (centred * centred).mean(dim=1, keepdim=True)
         normed = centred * torch.rsqrt(variance + self.eps)
@@ -95,6 +96,7 @@ class EncoderLayerANE(nn.Module):
         return torch.cat(outputs, dim=1).unsqueeze(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, d_model, 1, seq) -> (B, d_model, 1, seq)."""
         x = x + self.out(self.attend(self.norm1(x)))
         return x + self.ff2(torch.nn.functional.gelu(self.ff1(self.norm2(x))))
 
@@ -107,6 +109,7 @@ class EncoderANE(nn.Module):
         self.layers = nn.Sequential(*(EncoderLayerANE(spec) for _ in range(spec.layers)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, seq, d_model) -> (B, seq, d_model), as `workloads.models.Encoder`."""
         hidden = x.transpose(1, 2).unsqueeze(2)  # (B, S, C) -> (B, C, 1, S)
         return self.layers(hidden).squeeze(2).transpose(1, 2)  # back to (B, S, C)
 

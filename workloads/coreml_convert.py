@@ -102,15 +102,20 @@ class CachedModel:
 
     @property
     def package(self) -> Path:
+        """The entry's `model.mlpackage`."""
         return self.path / PACKAGE_NAME
 
     @property
     def compiled_path(self) -> Path:
+        """The fixed path of the entry's compiled `model.mlmodelc` (present once compiled)."""
         return self.path / COMPILED_NAME
 
 
 @dataclass(frozen=True)
 class CompiledModel:
+    """A verified compiled `.mlmodelc`: its path, how long this call's compile took in seconds
+    (0.0 from the cache), and whether it was compiled by this call."""
+
     path: Path
     compile_seconds: float  # 0.0 when the compiled model was already in the cache
     compiled_now: bool
@@ -124,6 +129,7 @@ def _version(dist: str) -> str:
 
 
 def coreml_cache_root() -> Path:
+    """The Core ML model cache: `coreml/` under workloads.cache.cache_dir()."""
     return cache_dir() / "coreml"
 
 
@@ -272,7 +278,11 @@ def _fsync_tree(directory: Path) -> None:
 
 def convert_to_mlprogram(spec: PhaseSpec, precision: str, seed: int,
                          package: Path) -> ConvertedModel:
-    """Trace the phase's model and convert it to an ML Program saved at `package`."""
+    """Trace the phase's model and convert it to an ML Program saved at `package`.
+
+    Raises ValueError when the converted model does not have exactly one output or its input
+    and output shapes differ from the spec's; coremltools' and torch's errors propagate.
+    """
     import coremltools as ct
     import numpy as np
     import torch
@@ -407,7 +417,8 @@ def ensure_model(spec: PhaseSpec, precision: str, seed: int = 0,
     """The phase's converted model from the cache, converting it first when absent or corrupt.
 
     Raises BackendFailure("unsupported_precision") for a precision Core ML lacks and
-    BackendFailure("conversion_failed") when tracing, conversion or saving fails.
+    BackendFailure("conversion_failed") when tracing, conversion or saving fails; an OSError
+    making the cache directories or writing the conversion log propagates.
     """
     if precision not in COMPUTE_PRECISIONS:
         raise BackendFailure("unsupported_precision",
@@ -487,7 +498,8 @@ Compiler = Callable[[Path, Path], None]
 def ensure_compiled(model: CachedModel, compiler: Compiler = compile_package) -> CompiledModel:
     """The entry's `.mlmodelc` at its fixed path, compiled now if absent or corrupt.
 
-    Raises BackendFailure("conversion_failed") when the compile fails.
+    Raises BackendFailure("conversion_failed") when the compile fails or leaves no
+    `.mlmodelc`; an OSError moving or recording the compiled model propagates.
     """
     root = model.path.parent
     target = model.compiled_path
@@ -555,6 +567,8 @@ def first_load(compiled: Path, compute_units: str) -> bool:
 
 
 def record_load(compiled: Path, compute_units: str, seconds: float) -> None:
+    """Record the first load of this `.mlmodelc` path with these compute units and how long it
+    took (seconds), so later loads are known to be warm; a recorded one is kept as it is."""
     path = compiled.parent / LOADS_DIR / f"{compute_units}.json"
     if path.exists():
         return

@@ -161,7 +161,8 @@ def measure_overhead(iterations: int = 100, warmup: int = 10,
                      dtypes: Sequence[str] = DTYPES,
                      predict_factory: PredictFactory | None = None,
                      method: str | None = None) -> dict[str, Any]:
-    """The benchmark as one JSON-ready document (`method` and `note` say what was measured)."""
+    """The benchmark as one JSON-ready document (`method` and `note` say what was measured).
+    Raises ValueError for `iterations` below 1."""
     if iterations < 1:
         raise ValueError(f"iterations must be at least 1, got {iterations}")
     fallback_reason: str | None = None

@@ -19,7 +19,8 @@ def _version(dist: str) -> str:
 
 @cache
 def chip() -> str:
-    """A human name for the processor: the Apple chip, the CPU model, or the machine type."""
+    """A human name for the processor: the Apple chip (sysctl machdep.cpu.brand_string), the
+    CPU model (/proc/cpuinfo), or the machine type; computed once per process, never raises."""
     if sys.platform == "darwin":
         try:
             out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
@@ -40,6 +41,9 @@ def chip() -> str:
 
 @cache
 def host_info() -> dict[str, str]:
+    """hostname, chip, machine, os, os_version (macOS's product version on Darwin, else the
+    kernel release), python, torch and coremltools versions ("absent" when not installed) and
+    cpu_count, all as strings; computed once per process."""
     system = platform.system()
     os_version = platform.mac_ver()[0] if system == "Darwin" else platform.release()
     return {

@@ -24,11 +24,17 @@ def _init_(weight: torch.Tensor, fan_in: int, gain: float, generator: torch.Gene
 
 
 class BatchedMatmul(nn.Module):
+    """The matmul phase's model: `a @ b`, no parameters."""
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(batch, n, n) @ (batch, n, n) -> (batch, n, n)."""
         return torch.matmul(a, b)
 
 
 class ConvNet(nn.Module):
+    """The conv phase's model: `spec.layers()` as bias-free Conv2d + ReLU pairs, weights drawn
+    from `generator` with He initialisation (normal, std sqrt(2 / fan_in))."""
+
     def __init__(self, spec: ConvSpec, generator: torch.Generator) -> None:
         super().__init__()
         convs: list[nn.Module] = []
@@ -41,10 +47,15 @@ class ConvNet(nn.Module):
         self.body = nn.Sequential(*convs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, in_channels, size, size) -> `spec.output_shape()`, NCHW."""
         return self.body(x)
 
 
 class EncoderLayer(nn.Module):
+    """One pre-norm transformer encoder layer on (B, S, C): multi-head self-attention written
+    out (no fused kernel), then a GELU FFN of width ffn_mult * d_model, each with a residual.
+    Linear weights are drawn from `generator` (normal, std 1 / sqrt(fan_in)), biases zero."""
+
     def __init__(self, spec: AttentionSpec, generator: torch.Generator) -> None:
         super().__init__()
         d = spec.d_model
@@ -66,6 +77,7 @@ class EncoderLayer(nn.Module):
         self.merged_shape = (-1, spec.seq, spec.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, seq, d_model) -> (B, seq, d_model)."""
         q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
         q = q.reshape(self.split_shape).transpose(1, 2)
         k = k.reshape(self.split_shape).transpose(1, 2)
@@ -77,11 +89,14 @@ class EncoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
+    """The attention phase's standard-layout model: `spec.layers` `EncoderLayer`s in a row."""
+
     def __init__(self, spec: AttentionSpec, generator: torch.Generator) -> None:
         super().__init__()
         self.layers = nn.Sequential(*(EncoderLayer(spec, generator) for _ in range(spec.layers)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, seq, d_model) -> (B, seq, d_model)."""
         return self.layers(x)
 
 
@@ -89,7 +104,8 @@ def build_model(spec: PhaseSpec, generator: torch.Generator) -> nn.Module:
     """The phase's model with weights drawn from `generator` (float32, CPU).
 
     For attention, `spec.variant` picks the layout: `Encoder` ("standard") or
-    `workloads.ane_transformer.EncoderANE` ("ane", holding the same weights).
+    `workloads.ane_transformer.EncoderANE` ("ane", holding the same weights). Raises
+    TypeError for a spec of another type.
     """
     if isinstance(spec, MatmulSpec):
         return BatchedMatmul()
@@ -106,7 +122,8 @@ def build_model(spec: PhaseSpec, generator: torch.Generator) -> nn.Module:
 
 
 def make_inputs(spec: PhaseSpec, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Fixed random inputs (float32, CPU) in the order the model's forward takes them."""
+    """Fixed random inputs (float32, CPU, standard normal) in the order the model's forward
+    takes them, shapes from `spec.input_shapes()`."""
     return {
         name: torch.randn(shape, generator=generator, dtype=torch.float32)
         for name, shape in spec.input_shapes().items()

@@ -19,27 +19,39 @@ MODES: tuple[str, ...] = ("alternate", "sequential", "concurrent")
 
 @dataclass(frozen=True)
 class MatmulSpec:
-    """Batched matrix product: batch x (n x n @ n x n)."""
+    """Batched matrix product: batch x (n x n @ n x n).
+
+    The defaults are seed 000's heavy phase 1: 2048 x 2048 matrices in batches of 4.
+    """
 
     batch: int = 4
     n: int = 2048
     name: str = field(default="matmul", init=False)
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Input name -> shape: `a` and `b`, each (batch, n, n)."""
         shape = (self.batch, self.n, self.n)
         return {"a": shape, "b": shape}
 
     def output_shape(self) -> tuple[int, ...]:
+        """(batch, n, n)."""
         return (self.batch, self.n, self.n)
 
     def flop_per_step(self) -> int:
+        """FLOP of one step, 2 * batch * n³ (one multiply and one add per multiply-add)."""
         return 2 * self.batch * self.n**3
 
 
 
 @dataclass(frozen=True)
 class ConvSpec:
-    """A plain conv net: stages of 3x3 conv+ReLU layers, the first conv of each stage with stride 2."""
+    """A plain conv net: stages of 3x3 conv+ReLU layers, the first conv of each stage with stride 2.
+
+    Stage i has `stage_layers[i]` layers of `stage_channels[i]` output channels; padding is
+    kernel // 2. The defaults are seed 000's heavy phase 2: 1024 x 1024 images in batches of
+    8, 24 layers, channels 3 -> 64 -> 128 -> 256 -> 512 -> 1024. Raises ValueError when the
+    two stage tuples differ in length or a stage has no layer.
+    """
 
     batch: int = 8
     size: int = 1024
@@ -57,6 +69,7 @@ class ConvSpec:
 
     @property
     def depth(self) -> int:
+        """The number of conv layers (the sum of `stage_layers`)."""
         return sum(self.stage_layers)
 
     def layers(self) -> list[tuple[int, int, int, int]]:
@@ -72,13 +85,17 @@ class ConvSpec:
         return out
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Input name -> shape: `x`, (batch, in_channels, size, size) (NCHW)."""
         return {"x": (self.batch, self.in_channels, self.size, self.size)}
 
     def output_shape(self) -> tuple[int, ...]:
+        """(batch, last stage's channels, out size, out size), NCHW."""
         _cin, cout, _, size = self.layers()[-1]
         return (self.batch, cout, size, size)
 
     def flop_per_step(self) -> int:
+        """FLOP of one forward: the convolutions' multiply-adds, 2 * in * out channels *
+        kernel² * output pixels * batch per layer (ReLU and biases not counted)."""
         k2 = self.kernel * self.kernel
         return sum(2 * cin * cout * k2 * s * s * self.batch for cin, cout, _, s in self.layers())
 
@@ -104,7 +121,10 @@ class AttentionSpec:
     """A stack of pre-norm transformer encoder layers (explicit attention, GELU FFN).
 
     `variant` picks the layout (one of ATTENTION_VARIANTS); it changes neither the function,
-    the weights for a seed, the input and output shapes, nor the FLOP count.
+    the weights for a seed, the input and output shapes, nor the FLOP count. The FFN's hidden
+    width is `ffn_mult` * d_model. The defaults (seq 1024, d_model 512, 16 heads, 12 layers)
+    are seed 000's heavy phase 3; the seed gives no batch. Raises ValueError when d_model is
+    not divisible by heads or `variant` is not a variant.
     """
 
     batch: int = 1
@@ -126,9 +146,11 @@ class AttentionSpec:
                              f"(choose from {', '.join(ATTENTION_VARIANTS)})")
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Input name -> shape: `x`, (batch, seq, d_model), whatever the variant."""
         return {"x": (self.batch, self.seq, self.d_model)}
 
     def output_shape(self) -> tuple[int, ...]:
+        """(batch, seq, d_model)."""
         return (self.batch, self.seq, self.d_model)
 
     def flop_per_step(self) -> int:
@@ -172,7 +194,10 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
 
 @dataclass(frozen=True)
 class Profile:
-    """Shapes and durations of one rotation."""
+    """Shapes and durations of one rotation (durations in seconds).
+
+    `PROFILES` holds the named ones; `with_overrides` changes single fields.
+    """
 
     name: str
     matmul: MatmulSpec
@@ -199,12 +224,15 @@ class Profile:
             object.__setattr__(self, name, float(getattr(self, name)))
 
     def spec(self, phase: str) -> PhaseSpec:
+        """The spec of `phase` (matmul, conv or attention); raises KeyError for another name."""
         if phase not in PHASE_NAMES:
             raise KeyError(f"unknown phase {phase!r} (choose from {', '.join(PHASE_NAMES)})")
         spec: PhaseSpec = getattr(self, phase)
         return spec
 
 
+# heavy: seed 000's shapes and 20-minute phases (the attention batch is ours, see below);
+# reduced: seed 000's "not enough memory" settings (matrix 2048 -> 1024, image batch 8 -> 4).
 PROFILES: dict[str, Profile] = {
     "heavy": Profile(
         name="heavy",
@@ -338,7 +366,13 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
 
 def with_overrides(profile: Profile, overrides: dict[str, Any]) -> Profile:
     """A copy of `profile` with dotted overrides applied, e.g. {"matmul.n": 1024, "phase_seconds": 30}.
-    Raises ValueError("key: why") for an unknown key or a value out of `OVERRIDE_RANGES`."""
+
+    Each value is coerced to the type of the field it replaces (an integer, a float, a comma
+    list of 1 to `MAX_STAGES` integers, a non-empty name), within `OVERRIDE_RANGES`. Raises
+    ValueError("key: why") for an unknown phase or setting, a value of the wrong type or out
+    of range, a spec the new values make invalid, or more than `MAX_SLICES_PER_PHASE` slices
+    a phase.
+    """
     phase_changes: dict[str, dict[str, Any]] = {}
     top_changes: dict[str, Any] = {}
     for key, value in overrides.items():
@@ -370,6 +404,8 @@ def with_overrides(profile: Profile, overrides: dict[str, Any]) -> Profile:
 
 
 def get_profile(name: str, overrides: dict[str, Any] | None = None) -> Profile:
+    """The profile called `name` with `overrides` applied (see `with_overrides`). Raises
+    KeyError for an unknown name and ValueError for a bad override."""
     if name not in PROFILES:
         raise KeyError(f"unknown profile {name!r} (choose from {', '.join(PROFILES)})")
     return with_overrides(PROFILES[name], overrides or {})

@@ -59,9 +59,11 @@ class PlacementSummary:
 
     @property
     def shares(self) -> dict[str, float]:
+        """The ane, gpu and cpu shares (0-1) by device name."""
         return {"ane": self.ane, "gpu": self.gpu, "cpu": self.cpu}
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (`from_dict` reads it back)."""
         return asdict(self)
 
     @classmethod
@@ -111,6 +113,7 @@ class ComputePlacement:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict, `ops` a list of dicts (`from_dict` reads it back)."""
         out = asdict(self)
         out["ops"] = [asdict(op) for op in self.ops]
         return out

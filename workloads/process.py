@@ -146,7 +146,7 @@ class WorkerState:
         assert workload.run is not None, f"backend {command.backend} prepared no run configuration"
         emit(Prepared(run=workload.run, device_name=workload.device_label,
                       prepare_seconds=prepare_seconds, warmed_up=warmed is not None,
-                      info=dict(workload.info)))
+                      info=dict(workload.info), ready_at=time.monotonic()))
         if warmed is not None:
             emit(warmed)
 
@@ -249,6 +249,9 @@ class Worker:
     `start()` spawns it without waiting; `prepare()` sends `Prepare` without waiting;
     `await_prepared()` and `run_slice()` block, delivering each event as it arrives, and turn
     a dead, killed, hung or overrunning worker into a `Failure`.
+
+    `name` names the process (`soakd-worker-<name>`); `environment` is set in the child on
+    top of `WORKER_ENVIRONMENT`.
     """
 
     def __init__(self, name: str, environment: Mapping[str, str] | None = None) -> None:
@@ -415,8 +418,10 @@ class Worker:
                   warmup_timeout_s: float = 900.0) -> SliceDone | Failure:
         """Run one slice; every event is delivered; the last one (`SliceDone` or `Failure`) is
         returned. A stop is passed on (`Stop`), and a worker still busy `stop_grace_s` later is
-        killed; a worker past its budget plus `overrun_margin_s` (plus `warmup_timeout_s`
-        while a cold worker warms up) is killed as `overrun`."""
+        killed; a worker past its budget plus the larger of `overrun_margin_s` and the budget
+        itself (plus `warmup_timeout_s` while a cold worker warms up) is killed as `overrun`.
+        The budget is the slice's `duration_s`, or 3600 s for a slice of `max_steps`. All
+        times in seconds."""
         self.send(command)
         started = time.monotonic()
         budget = command.duration_s if command.duration_s is not None else 3600.0
@@ -497,25 +502,31 @@ class InProcessWorker(Worker):
         self.pid = os.getpid()
 
     def start(self) -> None:
+        """Nothing to spawn: only the start time is set."""
         self.started_at = time.monotonic()
 
     @property
     def alive(self) -> bool:
+        """Always True (this process)."""
         return True
 
     def close(self, grace_s: float = SHUTDOWN_GRACE_S) -> int | None:
+        """Release the workload; exit code 0."""
         self.state.close()
         return 0
 
     def prepare(self, command: Prepare) -> None:
+        """Prepare now, in this process; the events wait for `await_prepared`/`poll_prepared`."""
         self.started_at = time.monotonic() if math.isnan(self.started_at) else self.started_at
         self.prepared, self.failure = None, None
         self.state.handle(command, self._pending.append, lambda: False)
 
     def receive(self, timeout: float) -> WorkerEvent | None:
+        """The next waiting event, or None at once (`timeout` is not used)."""
         return self._pending.pop(0) if self._pending else None
 
     def request(self, command: Command, timeout_s: float) -> WorkerEvent:
+        """Carry out `command` now and return its first event (no timeout)."""
         events: list[WorkerEvent] = []
         self.state.handle(command, events.append, lambda: False)
         return events[0]
@@ -523,6 +534,8 @@ class InProcessWorker(Worker):
     def run_slice(self, command: RunSlice, deliver: Deliver, stop: threading.Event | None = None,
                   overrun_margin_s: float = OVERRUN_MARGIN_S, stop_grace_s: float = STOP_GRACE_S,
                   warmup_timeout_s: float = 900.0) -> SliceDone | Failure:
+        """Run the slice now, in this process, delivering every event; the last one is
+        returned. Only `stop` applies (nothing here can be killed, so no time limit does)."""
         last: list[SliceDone | Failure] = []
 
         def emit(event: WorkerEvent) -> None:
@@ -542,6 +555,7 @@ class InProcessWorker(Worker):
 
     def run_micro(self, command: RunMicro, deliver: Deliver, stop: threading.Event | None,
                   timeout_s: float) -> MicroDone | MicroSkipped | Failure:
+        """Run the micro suite now, in this process; the last event is returned (no timeout)."""
         last: list[Any] = []
 
         def emit(event: WorkerEvent) -> None:

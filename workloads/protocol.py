@@ -238,6 +238,7 @@ class Prepared:
     prepare_seconds: float
     warmed_up: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    ready_at: float = 0.0  # monotonic: when the worker finished preparing
 
 
 @dataclass(frozen=True)

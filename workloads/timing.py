@@ -29,7 +29,11 @@ class StepClock(Protocol):
 
 
 class SyncClock:
-    """Synchronise the device, then read the host's monotonic clock."""
+    """Synchronise the device, then read the host's monotonic clock.
+
+    `synchronize` waits for the device's queued work (a no-op on the CPU); `now` is the
+    clock in seconds (time.perf_counter). Marks are clock readings in seconds.
+    """
 
     asynchronous = False
 
@@ -38,18 +42,26 @@ class SyncClock:
         self._now = now
 
     def sync(self) -> None:
+        """Wait until all queued device work is done."""
         self._synchronize()
 
     def mark(self) -> float:
+        """Synchronise, then the clock's reading in seconds."""
         self._synchronize()
         return self._now()
 
     def drain(self, marks: Sequence[Any]) -> list[float]:
+        """Seconds between consecutive marks (len(marks) - 1 values; none for fewer than two)."""
         return [b - a for a, b in itertools.pairwise(marks)]
 
 
 class EventClock:
-    """CUDA events recorded on the current stream; elapsed times read when drained."""
+    """CUDA events recorded on the current stream; elapsed times read when drained.
+
+    `torch_module` is the imported torch (this module never imports it). Marks are
+    torch.cuda.Event objects; their times come from the device (CUDA reports milliseconds,
+    converted to seconds).
+    """
 
     asynchronous = True
 
@@ -57,14 +69,18 @@ class EventClock:
         self._cuda = torch_module.cuda
 
     def sync(self) -> None:
+        """torch.cuda.synchronize(): wait for all queued work on the current device."""
         self._cuda.synchronize()
 
     def mark(self) -> Any:
+        """A timing event recorded on the current stream; does not wait for the device."""
         event = self._cuda.Event(enable_timing=True)
         event.record()
         return event
 
     def drain(self, marks: Sequence[Any]) -> list[float]:
+        """Seconds between consecutive marks (len(marks) - 1 values), after waiting for the
+        last event to complete."""
         if not marks:
             return []
         marks[-1].synchronize()
@@ -82,6 +98,8 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 def latency_summary(durations: Sequence[float]) -> dict[str, float]:
+    """p50, p90, p99 (linear-interpolated), max and mean of `durations`, in their unit
+    (seconds where the callers use it); NaN for each when there are none."""
     values = sorted(durations)
     return {
         "p50": percentile(values, 50),
@@ -106,6 +124,7 @@ class LatencySketch:
         self._log_ratio = math.log(self.RATIO)
 
     def add(self, values: Sequence[float]) -> None:
+        """Count durations in seconds; one of 0 or less falls in a bucket reported as 0."""
         for value in values:
             index = math.floor(math.log(value) / self._log_ratio) if value > 0 else -(10**6)
             self.counts[index] = self.counts.get(index, 0) + 1
@@ -114,6 +133,9 @@ class LatencySketch:
         self.count += len(values)
 
     def percentile(self, q: float) -> float:
+        """The duration in seconds at percentile `q` (0..100): the geometric middle of the
+        bucket holding rank q/100 * (count - 1), capped at the largest value seen; NaN when
+        empty."""
         if not self.count:
             return math.nan
         rank = q / 100.0 * (self.count - 1)
@@ -128,6 +150,7 @@ class LatencySketch:
         return self.max
 
     def summary(self) -> dict[str, float]:
+        """p50, p90, p99, max and mean in seconds (as `latency_summary`); NaN when empty."""
         return {
             "p50": self.percentile(50),
             "p90": self.percentile(90),

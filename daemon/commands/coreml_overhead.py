@@ -30,7 +30,10 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Measure and print the conversion cost (table or JSON); exit 0, 2 for bad arguments."""
+    """Measure and print the conversion cost (table or JSON); exit 0, 2 for bad arguments.
+
+    Raises UsageError (one line, exit 2) for --iterations below 1 or a negative --warmup.
+    """
     from workloads.coreml_overhead import measure_overhead, render_overhead
 
     if args.iterations < 1:

@@ -60,7 +60,11 @@ class Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the suite, a worker per backend; print the tables (or JSON). Exit codes: module doc."""
+    """Run the suite, a worker per backend; print the tables (or JSON). Exit codes: module doc.
+
+    Raises UsageError (one line, exit 2) for an unknown profile or backend or a bad
+    iteration count.
+    """
     try:
         profile = get_micro_profile(args.profile, args.iterations)
         backends = parse_backends(args.backends)

@@ -34,7 +34,10 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the file's samples as JSON lines; exit codes in the module docstring."""
+    """Print the file's samples as JSON lines; exit codes in the module docstring.
+
+    Raises UsageError (one line, exit 2) when the file cannot be read.
+    """
     try:
         samples = load_samples(args.file, args.fmt)
     except OSError as exc:

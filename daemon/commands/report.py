@@ -33,7 +33,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Write the report and print one line naming what was written; exit codes in the module docstring."""
+    """Write the report and print one line naming what was written; exit codes in the module docstring.
+
+    Raises UsageError (one line, exit 2) for a --rotation below 1, a --since that does not
+    parse, or an --out that exists and is not a directory.
+    """
     from daemon.report import ReportError, write_report
 
     if args.rotation is not None and args.rotation < 1:

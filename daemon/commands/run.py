@@ -23,7 +23,8 @@ def register(subparsers: Any) -> None:
     """Add `soakd run` to the CLI's sub-parsers."""
     parser = subparsers.add_parser("run", help="run the daemon in the foreground")
     add_config_arguments(parser)
-    parser.add_argument("--profile", help=f"workload profile ({', '.join(PROFILES)})")
+    parser.add_argument("--profile", help=f"workload profile (auto, {', '.join(PROFILES)}; default auto: "
+                                          "heavy where an accelerator runs, cpu elsewhere)")
     parser.add_argument("--listen", metavar="HOST:PORT", help="metrics address (default 127.0.0.1:10466)")
     parser.set_defaults(func=run)
 

@@ -57,7 +57,10 @@ def _manager(args: argparse.Namespace, renders_only: bool) -> Manager:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Install, uninstall or inspect the service; exit codes in the module docstring."""
+    """Install, uninstall or inspect the service; exit codes in the module docstring.
+
+    Raises UsageError (one line, exit 2) when `install` is given a --config that is not a file.
+    """
     from daemon.install.manager import install, status, subprocess_runner, uninstall
     from daemon.install.render import make_plan
 

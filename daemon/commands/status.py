@@ -137,7 +137,7 @@ def _rotation_lines(summary: dict[str, Any]) -> list[str]:
 def _status_document(config: Any, journal: Journal | None, is_running: bool, pid: int | None) -> dict[str, Any]:
     document: dict[str, Any] = {"running": is_running, "pid": pid, "state_dir": str(config.state_dir),
                                 "listen": config.listen, "next_rotation": None, "current": None,
-                                "last_rotation": None, "sources": None}
+                                "last_rotation": None, "sources": None, "profile": None}
     if journal is None:
         return document
     daemon = journal.get_state("daemon")
@@ -149,10 +149,34 @@ def _status_document(config: Any, journal: Journal | None, is_running: bool, pid
     document["current"] = current[0] if current and is_running else None
     sources = journal.get_state("sources")
     document["sources"] = sources[0] if sources else None
+    profile = journal.get_state("profile")
+    document["profile"] = profile[0] if profile else None
     finished = [r for r in journal.rotations(limit=5) if r["result"] is not None]
     if finished:
         document["last_rotation"] = summarize_rotation(journal, finished[0])
     return document
+
+
+def _profile_line(profile: dict[str, Any]) -> str:
+    """"profile heavy (why); a rotation ~58 min of a 60 min interval" and a warning when it does not fit."""
+    minutes = profile["estimate_seconds"] / 60
+    text = f"profile: {profile['profile']} ({profile['reason']}); a rotation ~{minutes:.0f} min"
+    if profile.get("interval_seconds"):
+        text += f" of a {profile['interval_seconds'] / 60:g} min interval"
+        if profile.get("fits") is False:
+            text += " (does NOT fit: rotations will start late)"
+    return text
+
+
+def _progress_text(progress: dict[str, Any] | None) -> str:
+    """"; phase 2/3, slice 4/20, 12 min in, ~38 min left" from the recorder's progress record."""
+    if not progress:
+        return ""
+    text = (f"; phase {progress['phase_index']}/{progress['phases']}, slice "
+            f"{progress['slice_index']}/{progress['slices']}, {progress['elapsed_seconds'] / 60:.0f} min in")
+    if progress.get("remaining_seconds") is not None:
+        text += f", ~{progress['remaining_seconds'] / 60:.0f} min left"
+    return text
 
 
 def _in(stamp: float) -> str:
@@ -188,10 +212,12 @@ def run_status(args: argparse.Namespace) -> int:
         return 0
     if document["next_rotation"]:
         print(f"next rotation: {_when(document['next_rotation'])} ({_in(document['next_rotation'])})")
+    if document["profile"]:
+        print(_profile_line(document["profile"]))
     current = document["current"]
     if current:
         print(f"now: rotation {current['rotation']}, {current['phase']} on {current['backend']} "
-              f"({current['precision']}) since {_when(current['since'])}")
+              f"({current['precision']}) since {_when(current['since'])}{_progress_text(current.get('progress'))}")
     if document["sources"]:
         up = [n for n, s in document["sources"].items() if s["up"]]
         down = [f"{n} ({s['reason']})" if s["reason"] else n

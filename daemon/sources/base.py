@@ -147,7 +147,9 @@ _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
 def label_value(text: str, default: str = "unknown") -> str:
-    """A sensor/zone/domain name turned into a short, predictable Prometheus label value."""
+    """A sensor/zone/domain name turned into a short, predictable Prometheus label value: runs
+    of characters other than letters, digits and `_.:-` become one `_`, the ends are stripped of
+    `_`, lower case, at most 64 characters; `default` when nothing is left."""
     cleaned = _UNSAFE.sub("_", text.strip()).strip("_").lower()
     return cleaned[:64] or default
 

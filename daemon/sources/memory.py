@@ -19,7 +19,9 @@ from daemon.sources.registry import SourceSpec, register
 
 
 def torch_memory() -> dict[str, int]:
-    """Device allocator statistics of this process, if torch is loaded and a device in use."""
+    """Device allocator statistics of this process in bytes, by kind (`cuda0_allocated`, ...,
+    `mps_allocated`), if torch is already imported and a device was initialised; else {}.
+    torch is never imported here. Errors of the allocator calls propagate."""
     torch: Any = sys.modules.get("torch")
     if torch is None:
         return {}
@@ -40,7 +42,11 @@ def torch_memory() -> dict[str, int]:
 
 
 class MemorySource(Source):
-    """psutil process and system memory, plus torch allocators when present."""
+    """psutil process and system memory, plus torch allocators when present.
+
+    `pid` is the process whose resident set is read (None or 0: this process);
+    `include_torch` adds this process's torch allocator figures (`torch_memory`).
+    """
 
     name = "memory"
 
@@ -50,6 +56,7 @@ class MemorySource(Source):
         self._process: Any = None
 
     def available(self) -> tuple[bool, str]:
+        """(True, "ok"), or (False, why) when psutil is missing or the process cannot be seen."""
         try:
             import psutil
 
@@ -59,6 +66,10 @@ class MemorySource(Source):
         return True, "ok"
 
     def read(self) -> Reading:
+        """`memory_bytes`: `rss`, `system_used`, `system_available`, `swap_used` and the torch
+        kinds, in bytes. Raises SourceError when psutil cannot read them (psutil.Error from
+        opening the process propagates when `available()` was not called first); a failing
+        torch allocator only leaves its kinds out."""
         import psutil
 
         if self._process is None:

@@ -117,7 +117,13 @@ class _Gpu:
 
 
 class NvmlSource(Source):
-    """All NVIDIA GPUs on the machine, one NVML session for the source's lifetime."""
+    """All NVIDIA GPUs on the machine, one NVML session for the source's lifetime.
+
+    `module` stands in for `pynvml` (tests pass a fake); `hardware_interval_s` (seconds,
+    default 10) spaces the power-limit and error-counter reads; `reopen_s` (seconds, default
+    60) is how long a GPU that could not be opened or was lost stays down before it is tried
+    again; `clock` is the monotonic clock for both.
+    """
 
     name = "nvml"
 
@@ -358,7 +364,9 @@ class NvmlSource(Source):
             out.power_limit_watts[gpu.name] = gpu.power_limit_watts
 
     def read(self) -> Reading:
-        """One reading of every GPU; never raises for one GPU or one reading failing."""
+        """One reading of every GPU; never raises for one GPU or one reading failing. Raises
+        SourceUnavailable when nvidia-ml-py is missing or NVML cannot initialise or finds no
+        GPU (tried again at the next read)."""
         self._init()
         out = Reading()
         now = self._clock()

@@ -73,6 +73,11 @@ class PowermetricsSource(Source):
     (checked every `rss_check_s` with psutil), is replaced at once; 0 turns either off. Not
     macOS, not installed, or no root and no passwordless sudo is reported by `available()` as
     a reason, not raised.
+
+    `interval_ms` is powermetrics' sample interval (ms); `sudo` is auto (only when not root),
+    always or never; a live child that delivers no sample for `stall_s` seconds (default the
+    larger of 10 s and five intervals) makes `read()` raise. The constructor raises ValueError
+    for an interval under 1 ms or another `sudo` value.
     """
 
     name = "powermetrics"
@@ -256,7 +261,9 @@ class PowermetricsSource(Source):
     def read(self) -> Reading:
         """The samples parsed since the last read (energy summed over their measured windows),
         gaps left by a replaced child, and notes on replacements. Starts or replaces the child
-        as needed; raises SourceError while it is not running or stalls."""
+        as needed; raises SourceError when the source is closed, while the child is not running
+        (died, waiting for its restart, cannot start), when only unreadable output arrived, or
+        when it stalls."""
         if self._closed:
             raise SourceError("powermetrics source is closed")
         died = self._reap()

@@ -96,7 +96,9 @@ def build_sample(
     """The shared normaliser: fills in power from energy and energy from power.
 
     A component given as energy wins over the same component given as power, because the
-    energy counter is what the power figure was computed from.
+    energy counter is what the power figure was computed from. Units: seconds, joules, watts,
+    hertz. Raises PowermetricsParseError for an elapsed time of 0 or an energy, power or
+    elapsed time that is negative or not finite.
     """
     elapsed = _finite(elapsed_seconds, "elapsed time")
     if elapsed <= 0:
@@ -154,7 +156,9 @@ def _dict(container: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 
 def sample_from_plist(document: Mapping[str, Any]) -> PowermetricsSample:
-    """Normalise one decoded plist document (a dict from plistlib)."""
+    """Normalise one decoded plist document (a dict from plistlib). Raises
+    PowermetricsParseError when `elapsed_ns` is missing, a field has the wrong type, or a
+    figure is negative, not finite or (the elapsed time) zero."""
     elapsed_ns = _number(document, "elapsed_ns")
     if elapsed_ns is None:
         raise PowermetricsParseError("no elapsed_ns in plist sample")

@@ -132,7 +132,13 @@ def rapl_energy_parts(components: Collection[str]) -> dict[str, str]:
 
 
 class RaplSource(Source):
-    """CPU package / DRAM / core / psys energy from RAPL, as deltas between reads."""
+    """CPU package / DRAM / core / psys energy from RAPL, as deltas between reads.
+
+    Each zone's `energy_uj` counter (µJ) is read and the change since the previous read is
+    reported in joules; a zone's first read only sets its baseline. `root` is the powercap
+    sysfs tree, `reader` reads a file's text and `clock` is the monotonic clock (all three
+    injectable for tests).
+    """
 
     name = "rapl"
 

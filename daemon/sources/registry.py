@@ -137,7 +137,8 @@ def build_sources(options: Mapping[str, Any] | None = None,
 
 
 def parse_bool(value: Any) -> bool:
-    """true/false, or the strings 1/0, yes/no, on/off (environment variables)."""
+    """true/false, or the strings 1/0, yes/no, on/off (environment variables); raises
+    ValueError for anything else."""
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
@@ -148,14 +149,15 @@ def parse_bool(value: Any) -> bool:
 
 
 def parse_str(value: Any) -> str:
-    """A non-empty string, stripped."""
+    """A non-empty string, stripped; raises ValueError for an empty or non-string value."""
     if not isinstance(value, str) or not value.strip():
         raise ValueError("expected a non-empty string")
     return value.strip()
 
 
 def parse_positive_int(value: Any) -> int:
-    """An integer >= 1 (a string of one is accepted, for environment variables)."""
+    """An integer >= 1 (a string of one is accepted, for environment variables); raises
+    ValueError for anything else (a bool included)."""
     if isinstance(value, bool):
         raise ValueError("expected an integer")
     try:
@@ -168,7 +170,8 @@ def parse_positive_int(value: Any) -> int:
 
 
 def parse_positive_float(value: Any) -> float:
-    """A finite number > 0 (a string of one is accepted, for environment variables)."""
+    """A finite number > 0 (a string of one is accepted, for environment variables); raises
+    ValueError for anything else (a bool included)."""
     if isinstance(value, bool):
         raise ValueError("expected a number")
     try:

@@ -34,7 +34,9 @@ def detect_format(data: bytes) -> str:
 
 
 def parse_powermetrics(data: bytes, fmt: str = "auto") -> list[PowermetricsSample]:
-    """Samples from captured powermetrics output in either format."""
+    """Samples from captured powermetrics output in either format (`fmt`: auto, plist or
+    text; auto looks at the first bytes). Raises ValueError for another `fmt` and
+    PowermetricsParseError for output that does not parse."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if fmt == "auto":
@@ -48,7 +50,12 @@ def load_samples(path: str | Path, fmt: str = "auto") -> list[PowermetricsSample
 
 
 class ReplaySource(Source):
-    """A recorded powermetrics file, one sample per read, looping."""
+    """A recorded powermetrics file, one sample per read, looping.
+
+    `path` is read and parsed on first use (`available()` or `read()`), in format `fmt`
+    (auto, plist or text); `name` is the source name the readings are filed under; with
+    `loop` False the replay ends after the last sample.
+    """
 
     def __init__(self, path: str | Path, fmt: str = "auto", name: str = "replay",
                  loop: bool = True) -> None:
@@ -70,6 +77,7 @@ class ReplaySource(Source):
         return self._samples
 
     def available(self) -> tuple[bool, str]:
+        """(True, "ok") when the file loads and parses, else (False, why)."""
         try:
             self._load()
         except SourceUnavailable as exc:
@@ -77,6 +85,9 @@ class ReplaySource(Source):
         return True, "ok"
 
     def read(self) -> Reading:
+        """The next recorded sample as a Reading (energy over the sample's own recorded
+        window). Raises SourceUnavailable when the file cannot be read or parsed, or when a
+        replay without `loop` has handed out every sample."""
         samples = self._load()
         if self._index >= len(samples):
             if not self.loop:

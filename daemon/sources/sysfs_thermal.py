@@ -65,7 +65,11 @@ def _default_sensors() -> dict[str, list[Any]]:
 
 
 class SysfsThermalSource(Source):
-    """Thermal-zone and hwmon temperatures."""
+    """Thermal-zone and hwmon temperatures, in °C.
+
+    `root` is the thermal sysfs tree (zones are named `zone_{type}`); `sensors` returns
+    psutil.sensors_temperatures()-shaped data (None reads zones only).
+    """
 
     name = "sysfs_thermal"
 
@@ -85,6 +89,7 @@ class SysfsThermalSource(Source):
         return temperatures
 
     def available(self) -> tuple[bool, str]:
+        """(True, "ok: N sensor(s)"), or (False, why) when psutil fails or nothing is found."""
         try:
             found = self._collect()
         except SourceError as exc:
@@ -94,6 +99,8 @@ class SysfsThermalSource(Source):
         return True, f"ok: {len(found)} sensor(s)"
 
     def read(self) -> Reading:
+        """`temperatures_celsius` by sensor name; raises SourceError when psutil fails (an
+        unreadable zone is only left out)."""
         return Reading(temperatures_celsius=self._collect())
 
 

@@ -44,7 +44,8 @@ class ThermalParseError(ValueError):
 
 
 def parse_notifyutil(text: str, key: str = NOTIFY_KEY) -> int:
-    """`notifyutil -g KEY` prints "KEY VALUE"; returns VALUE."""
+    """`notifyutil -g KEY` prints "KEY VALUE"; returns VALUE (an integer level code, mapped by
+    daemon/levels.from_notify_value). Raises ThermalParseError when no such line is there."""
     pattern = re.compile(r"^\s*" + re.escape(key) + r"\s+(\d{1,19})\s*$")
     for line in text.splitlines():
         if match := pattern.match(line):
@@ -69,6 +70,7 @@ class PmsetTherm:
 
     @property
     def recorded(self) -> bool:
+        """Whether pmset recorded a speed limit or a warning level (False on Apple Silicon)."""
         return any(v is not None for v in (self.speed_limit, self.thermal_warning_level,
                                            self.performance_warning_level))
 
@@ -85,7 +87,9 @@ _PMSET_NOTE = re.compile(r"No (?:thermal warning level|performance warning level
 
 
 def parse_pmset_therm(text: str) -> PmsetTherm:
-    """Parse `pmset -g therm` (or `-g thermlog`; the last value of each key wins)."""
+    """Parse `pmset -g therm` (or `-g thermlog`; the last value of each key wins). Limits are
+    percentages (CPU_Speed_Limit 100 = unthrottled). Raises ThermalParseError when the text
+    has neither a known key nor pmset's "No ... has been recorded" note."""
     values: dict[str, int] = {}
     for key, pattern in _PMSET_KEYS.items():
         found = pattern.findall(text)
@@ -111,7 +115,9 @@ def _run(command: list[str], timeout: float = 5.0) -> str:
 
 
 def libsystem_notify_reader(key: str = NOTIFY_KEY) -> Callable[[], int] | None:
-    """A function returning the notify state of `key` via libSystem, or None off macOS."""
+    """A function returning the notify state of `key` via libSystem, or None off macOS (or
+    when libSystem's notify functions cannot be reached or the key cannot be registered). The
+    function raises SourceError when notify_get_state fails."""
     if sys.platform != "darwin":
         return None
     try:
@@ -139,6 +145,9 @@ def libsystem_notify_reader(key: str = NOTIFY_KEY) -> Callable[[], int] | None:
 
 
 def notifyutil_reader(key: str = NOTIFY_KEY) -> Callable[[], int] | None:
+    """A function returning `key`'s notify state by running `notifyutil -g`, or None when
+    notifyutil is not on PATH. The function raises SourceError when notifyutil fails or times
+    out (5 s) and ThermalParseError when its output has no value."""
     if shutil.which("notifyutil") is None:
         return None
     return lambda: parse_notifyutil(_run(["notifyutil", "-g", key]), key)
@@ -243,6 +252,10 @@ class PmsetThermalSource(Source):
 
     A CPU_Speed_Limit below 100 is the throttle "cpu_speed_limit" (daemon/throttle.py): active
     while it lasts, one event each time it drops below 100.
+
+    `runner` returns pmset's output (tests pass recorded text; then the platform checks are
+    skipped); `min_interval_s` (seconds, default 10) bounds how often pmset is spawned;
+    `clock` is the monotonic clock for that interval.
     """
 
     name = "pmset"
@@ -270,6 +283,9 @@ class PmsetThermalSource(Source):
         return self._cached
 
     def available(self) -> tuple[bool, str]:
+        """(True, "ok"), or (False, why): not macOS, no pmset, pmset failing, or nothing
+        recorded (Apple Silicon). Runs pmset unless a result younger than `min_interval_s`
+        is cached."""
         if not self._injected:
             if self._platform != "darwin":
                 return False, f"unavailable: needs macOS (this is {self._platform})"
@@ -284,6 +300,10 @@ class PmsetThermalSource(Source):
         return True, "ok"
 
     def read(self) -> Reading:
+        """`thermal_pressure` (the more severe of the level estimated from the speed limit and
+        the thermal warning level, daemon/levels.from_pmset) and the speed-limit throttle.
+        pmset runs at most once per `min_interval_s` seconds (the cached result is reused in
+        between). Raises SourceError when pmset fails or its output does not parse."""
         therm = self._fetch()
         reading = Reading(thermal_pressure=therm.level)
         throttled = throttle.speed_limit_throttles(therm.speed_limit)

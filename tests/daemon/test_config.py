@@ -13,7 +13,7 @@ from workloads.phases import OVERRIDE_RANGES, PROFILES, with_overrides
 def test_defaults_run_with_no_file(tmp_path: Path) -> None:
     config = load_config(environ={"XDG_CONFIG_HOME": str(tmp_path)})
     assert config.listen == f"127.0.0.1:{DEFAULT_PORT}"
-    assert config.profile == "heavy" and config.interval_seconds == 3600
+    assert config.profile == "auto" and config.interval_seconds == 3600
     assert config.source_path is None
 
 

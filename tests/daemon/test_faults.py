@@ -16,6 +16,8 @@ from daemon_process import Daemon, free_port, write_config
 from fault_helpers import locked_journal, read_only_dir, rows, run_soakd, small_filesystem, wait_until
 from test_config import REPORTED
 
+from daemon.journal import SCHEMA_VERSION
+
 pytestmark = pytest.mark.slow
 PHASES = ["matmul", "conv", "attention"]
 
@@ -125,7 +127,7 @@ def _newer(journal: Path) -> None:
 
 @pytest.mark.parametrize("make, message", [
     (_foreign, "is not a soakd journal (tables: users)"),
-    (_newer, "has schema version 99; this soakd reads up to 1: upgrade soakd"),
+    (_newer, f"has schema version 99; this soakd reads up to {SCHEMA_VERSION}: upgrade soakd"),
 ], ids=["foreign-schema", "newer-schema"])
 def test_a_journal_that_is_not_ours_is_refused_in_one_line_and_left_alone(
         tmp_path: Path, make: Callable[[Path], None], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -149,7 +149,8 @@ def ended(events: list[tuple[SliceContext | None, RotationEvent]], phase: str | 
 
 def plain_plan(monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> RotationPlan:
     fb.register(monkeypatch, plain=fb.PlainBackend, plain2=fb.PlainBackend,
-                **{fb.CrashOnceBackend.name: fb.CrashOnceBackend})
+                **{fb.CrashOnceBackend.name: fb.CrashOnceBackend,
+                   fb.DeviceLikeBackend.name: fb.DeviceLikeBackend})
     profile = get_profile("ci", {"phase_seconds": 2.0, "slice_seconds": 0.5})
     settings: dict[str, Any] = {"profile": profile, "backends": ["plain", "plain2"],
                                 "phases": ["matmul"], "precisions": ["fp32"], "cpu_baseline": "off"}
@@ -173,19 +174,23 @@ def test_one_worker_serves_every_slice_of_its_phase(monkeypatch: pytest.MonkeyPa
 
 def test_next_phase_is_prepared_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
     """Phase 2's worker is spawned and prepared while phase 1 runs: its first slice does not
-    wait for a process start (about 2-3 s of torch import here)."""
-    # a first phase long enough for the next phase's worker to start and prepare on a busy host
-    profile = get_profile("ci", {"phase_seconds": 6.0, "slice_seconds": 1.0})
-    _, events = collect(plain_plan(monkeypatch, backends=["plain"], phases=["matmul", "conv"], profile=profile))
+    wait for a process start (about 2-3 s of torch import here). The backend leaves the host
+    idle between steps, as a GPU does (a CPU-bound phase would starve the preparing worker on
+    a 2-core host; soakd does not prepare ahead while a CPU lane is measured)."""
+    profile = get_profile("ci", {"phase_seconds": 10.0, "slice_seconds": 1.0})
+    backend = fb.DeviceLikeBackend.name
+    _, events = collect(plain_plan(monkeypatch, backends=[backend], phases=["matmul", "conv"], profile=profile))
     phase_one_end = next(e.ended for _, e in events if isinstance(e, PhaseEnded) and e.phase == "matmul")
     conv = ended(events, "conv")
     first = conv[0]
     prepared = next(e for c, e in events if isinstance(e, Prepared) and c is not None and c.phase == "conv")
     assert prepared.prepare_seconds > 0
+    assert prepared.ready_at < phase_one_end  # ready before phase 2 began
     assert first.turn_started >= phase_one_end - 1e-6
     assert first.lead_gap_seconds < 1.0, first.lead_gap_seconds  # warm-up only, no spawn
     # and the same plan without preparing ahead pays the spawn inside the phase
-    _, cold = collect(plain_plan(monkeypatch, backends=["plain"], phases=["matmul", "conv"], profile=profile,
+    short = get_profile("ci", {"phase_seconds": 2.0, "slice_seconds": 1.0})
+    _, cold = collect(plain_plan(monkeypatch, backends=[backend], phases=["matmul", "conv"], profile=short,
                                  workers=WorkerPolicy(prepare_ahead=False)))
     assert ended(cold, "conv")[0].lead_gap_seconds > first.lead_gap_seconds + 0.5
 

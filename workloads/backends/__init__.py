@@ -109,7 +109,8 @@ def auto_backends(probe: ProbeResult) -> list[str]:
 
 def parse_backends(text: str) -> list[str]:
     """A comma list of backend names or `auto`, checked (torch-free; `auto` is kept as the word
-    `auto`: `resolve_backends` expands it); ValueError names the bad entry."""
+    `auto`: `resolve_backends` expands it). Raises ValueError naming the bad entry, or when
+    no backend is given."""
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
         raise ValueError("no backend given")
@@ -143,7 +144,8 @@ def default_precisions(backends: list[str]) -> list[str]:
 
 def parse_precisions(text: str, backends: list[str] | None = None) -> list[str]:
     """A comma list of precisions or `auto`; `auto` expands with `default_precisions(backends)`
-    when `backends` is given (else it stays `auto`); ValueError names a bad one."""
+    when `backends` is given (else it stays `auto`). Raises ValueError naming a bad one, or
+    when no precision is given."""
     out: list[str] = []
     for item in (part.strip() for part in text.split(",") if part.strip()):
         expanded = default_precisions(backends) if item == "auto" and backends is not None else [item]

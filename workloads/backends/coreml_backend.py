@@ -85,7 +85,9 @@ INPUT_BUFFER_DTYPE = "float32"
 class Predictor(Protocol):
     """What the workload needs of a loaded model; `CompiledMLModel` provides it."""
 
-    def predict(self, data: dict[str, Any]) -> dict[str, Any]: ...
+    def predict(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Outputs by name for inputs by name (numpy arrays); returns when they are ready."""
+        ...
 
 
 Loader = Callable[[Path, str], Predictor]
@@ -128,7 +130,7 @@ def runtime_availability() -> Availability:
 
 
 def check_compute_units(name: str) -> str:
-    """The compute-unit name itself when Core ML knows it; ValueError naming the choices."""
+    """The compute-unit name itself when Core ML knows it; raises ValueError naming the choices."""
     if name not in COMPUTE_UNIT_NAMES:
         raise ValueError(f"unknown Core ML compute unit {name!r} "
                          f"(choose from {', '.join(COMPUTE_UNIT_NAMES)})")
@@ -136,7 +138,8 @@ def check_compute_units(name: str) -> str:
 
 
 def load_compiled_model(path: Path, compute_units: str) -> Predictor:
-    """Load an `.mlmodelc` with the given compute units (needs macOS)."""
+    """Load an `.mlmodelc` with the given compute units (needs macOS). Raises ValueError for
+    an unknown compute-unit name; coremltools' errors propagate."""
     import coremltools as ct
     from coremltools.models import CompiledMLModel
 
@@ -321,6 +324,8 @@ def sibling_placements(spec: PhaseSpec, precision: str, seed: int, compute_units
 
 
 def placement_label(info: dict[str, Any]) -> str:
+    """A slice's planned placement in words from its `info`: "planned placement ane N%, gpu N%,
+    cpu N% (MLComputePlan estimate)", or "placement unknown"."""
     plan = info.get("compute_plan")
     if isinstance(plan, dict):
         shares = ", ".join(f"{k} {100 * float(v):.0f}%" for k, v in plan.items())
@@ -341,6 +346,8 @@ class CoreMLWorkload(PreparedWorkload):
     predictions: int = 0
 
     def step(self) -> None:
+        """One synchronous predict() on the fixed inputs. Raises BackendFailure("runtime_error")
+        when the model returns no output of the expected name; Core ML's errors propagate."""
         assert self.predictor is not None, "workload is closed"
         outputs = self.predictor.predict(self.inputs)
         try:
@@ -351,6 +358,7 @@ class CoreMLWorkload(PreparedWorkload):
         self.predictions += 1
 
     def output_sample(self) -> torch.Tensor:
+        """Sample 0 of the last output as a float64 CPU tensor (one step first if none ran)."""
         if self.last_output is None:
             self.step()
         assert self.last_output is not None
@@ -358,6 +366,7 @@ class CoreMLWorkload(PreparedWorkload):
         return torch.from_numpy(sample)
 
     def close(self) -> None:
+        """Drop the loaded model, the input buffers and the last output."""
         self.predictor = None
         self.inputs = {}
         self.last_output = None
@@ -371,7 +380,11 @@ def input_buffers(spec: PhaseSpec, seed: int) -> dict[str, np.ndarray]:
 
 
 class CoreMLBackend(Backend):
-    """Core ML with one set of compute units; `name` is one of BACKEND_COMPUTE_UNITS."""
+    """Core ML with one set of compute units; `name` is one of BACKEND_COMPUTE_UNITS.
+
+    `compute_units` overrides the name's units (checked in `prepare()`, so a bad one is a
+    recorded failure). Raises ValueError for an unknown name without `compute_units`.
+    """
 
     def __init__(self, name: str, compute_units: str | None = None) -> None:
         if compute_units is None and name not in BACKEND_COMPUTE_UNITS:
@@ -382,9 +395,11 @@ class CoreMLBackend(Backend):
         self.compute_units = compute_units or BACKEND_COMPUTE_UNITS[name]
 
     def available(self) -> Availability:
+        """Whether Core ML prediction runs here (`runtime_availability`)."""
         return runtime_availability()
 
     def supports(self, precision: str) -> Availability:
+        """fp16, and fp32 unless the units are CPU_AND_NE (the Neural Engine computes fp16)."""
         if precision == "bf16":
             return Availability.no("Core ML has no bf16 compute precision (fp16 or fp32 only)")
         if precision not in ("fp16", "fp32"):
@@ -396,7 +411,8 @@ class CoreMLBackend(Backend):
     def prepare(self, spec: PhaseSpec, precision: str, seed: int,
                 options: PrepareOptions | None = None) -> PreparedWorkload:
         """Convert (or take from the cache), compile and load the phase; `options` do not apply
-        (Core ML decides placement and layout itself)."""
+        (Core ML decides placement and layout itself). Raises BackendFailure("unavailable")
+        off macOS 13+ or without coremltools' runtime, and what `prepare_with` raises."""
         availability = self.available()
         if not availability.ok:
             raise BackendFailure("unavailable", availability.reason)
@@ -405,7 +421,12 @@ class CoreMLBackend(Backend):
     def prepare_with(self, spec: PhaseSpec, precision: str, seed: int,
                      compiler: Compiler | None = None,
                      loader: Loader | None = None) -> CoreMLWorkload:
-        """prepare() past the platform probe; `compiler`/`loader` replace Core ML in tests."""
+        """prepare() past the platform probe; `compiler`/`loader` replace Core ML in tests.
+
+        Raises BackendFailure: `unsupported_precision`, `unsupported_compute_units`,
+        `conversion_failed` (converting or compiling, see workloads.coreml_convert) or
+        `runtime_error` (loading the compiled model).
+        """
         supported = self.supports(precision)
         if not supported.ok:
             raise BackendFailure("unsupported_precision", supported.reason)

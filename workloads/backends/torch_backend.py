@@ -54,6 +54,8 @@ class TorchWorkload(PreparedWorkload):
     graph: Any = None  # torch.cuda.CUDAGraph once captured
 
     def step(self) -> None:
+        """One forward pass on the fixed inputs (a graph replay once captured), queued on the
+        device without waiting for it; the output is kept in `last_output`."""
         if self.graph is not None:
             self.graph.replay()  # writes the captured output tensor in place
             return
@@ -65,6 +67,12 @@ class TorchWorkload(PreparedWorkload):
             self.last_output = self.model(*self.inputs)
 
     def warm_up(self, steps: int, now: Callable[[], float] = time.perf_counter) -> float:
+        """Run `steps` synchronised steps; returns the first one's seconds (NaN for none).
+
+        With `graph_wanted`, at least one step runs on a side stream (timed with
+        time.perf_counter, not `now`), then one step is captured as a CUDA graph and replayed
+        once; a failed capture falls back to one more eager step and records why.
+        """
         if not self.graph_wanted:
             return super().warm_up(steps, now)
         first = self._warm_up_on_side_stream(steps)
@@ -121,9 +129,11 @@ class TorchWorkload(PreparedWorkload):
         return self.last_output[:1].to("cpu", torch.float64)
 
     def device_memory(self) -> dict[str, int]:
+        """The device's allocator gauges in bytes (`device_memory`)."""
         return device_memory(self.device)
 
     def close(self) -> None:
+        """Drop the graph, model, inputs and output and return cached device memory."""
         self.graph = None
         self.model = None
         self.inputs = ()
@@ -132,7 +142,8 @@ class TorchWorkload(PreparedWorkload):
 
 
 def device_memory(device: torch.device | None) -> dict[str, int]:
-    """Allocator gauges for the device in use, in bytes."""
+    """Allocator gauges for the device in use, in bytes: CUDA's allocated, reserved and peak
+    allocated; MPS's allocated and driver-allocated; {} for the CPU or None."""
     if device is None:
         return {}
     if device.type == "cuda":
@@ -150,6 +161,7 @@ def device_memory(device: torch.device | None) -> dict[str, int]:
 
 
 def release_device_memory(device: torch.device | None) -> None:
+    """Collect garbage, then hand the allocator's cached blocks back (CUDA, MPS)."""
     import gc
 
     gc.collect()
@@ -160,7 +172,10 @@ def release_device_memory(device: torch.device | None) -> None:
 
 
 class TorchBackend(Backend):
-    """torch on one device type; subclasses say which, and how to probe and time it."""
+    """torch on one device type; subclasses say which, and how to probe and time it.
+
+    `clock` replaces the device's own step clock (tests pass a fake one).
+    """
 
     device_type: str = "cpu"
     precisions: tuple[str, ...] = ("fp32", "fp16", "bf16")
@@ -181,6 +196,7 @@ class TorchBackend(Backend):
         return SyncClock(lambda: None)
 
     def supports(self, precision: str) -> Availability:
+        """Yes when `precision` is one of the backend's `precisions`."""
         if precision not in self.precisions:
             return Availability.no(f"{self.name} does not run {precision}")
         return Availability.yes()
@@ -198,6 +214,9 @@ class TorchBackend(Backend):
 
     def prepare(self, spec: PhaseSpec, precision: str, seed: int,
                 options: PrepareOptions | None = None) -> PreparedWorkload:
+        """The phase's model and inputs (seeded by `seed`) in `precision` on the device
+        `options` name. Raises BackendFailure: `unavailable`, `unsupported_precision`, or the
+        classified failure of building or moving the model (`out_of_memory`, ...)."""
         options = options or PrepareOptions()
         availability = self.available()
         if not availability.ok:
@@ -245,9 +264,11 @@ class CpuBackend(TorchBackend):
     device_type = "cpu"
 
     def available(self) -> Availability:
+        """Always yes."""
         return Availability.yes()
 
     def device_label(self, device: torch.device | None = None) -> str:
+        """`cpu (<processor>, <N> threads)`."""
         return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
@@ -260,6 +281,7 @@ class CudaBackend(TorchBackend):
     precisions = ("fp32", "tf32", "fp16", "bf16")
 
     def available(self) -> Availability:
+        """Yes when this torch build has CUDA and sees a GPU; else why not."""
         if torch.version.cuda is None:
             return Availability.no("this torch build has no CUDA support (CPU-only wheel)")
         if not torch.cuda.is_available():
@@ -269,37 +291,46 @@ class CudaBackend(TorchBackend):
         return Availability.yes()
 
     def devices(self) -> tuple[str, ...]:
+        """The index of every GPU torch sees ("0", "1", ...); () when unavailable."""
         return tuple(str(i) for i in range(torch.cuda.device_count())) if self.available().ok else ()
 
     def supports(self, precision: str) -> Availability:
+        """fp32, tf32, fp16, and bf16 where the GPU has it (compute capability 8.0+)."""
         if precision == "bf16" and self.available().ok and not torch.cuda.is_bf16_supported():
             return Availability.no("this NVIDIA GPU has no bf16 support (needs compute capability 8.0+)")
         return super().supports(precision)
 
     def technique(self, spec: PhaseSpec, options: PrepareOptions) -> str:
+        """`cuda_graph` unless `options` force a technique."""
         return "cuda_graph" if options.technique == "auto" else options.technique
 
     def memory_format(self, spec: PhaseSpec, options: PrepareOptions) -> str:
+        """`channels_last` for the conv net, `contiguous` otherwise, unless `options` force one."""
         if options.memory_format == "auto":
             return "channels_last" if isinstance(spec, ConvSpec) else "contiguous"
         return options.memory_format
 
     def configure_precision(self, precision: str) -> None:
+        """TF32 on for matrix products and cuDNN convolutions only when `precision` is tf32."""
         # torch's defaults let cuDNN run "fp32" convolutions as TF32: fp32 must mean fp32.
         tf32 = precision == "tf32"
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
 
     def device(self, index: str = "0") -> torch.device:
+        """`cuda:<index>`, made the current device. Raises ValueError for a non-integer index
+        (torch raises its own error for an index with no GPU)."""
         device = torch.device("cuda", int(index))
         torch.cuda.set_device(device)  # events and the current stream belong to this device
         return device
 
     def device_label(self, device: torch.device | None = None) -> str:
+        """`cuda:<index> (<GPU name>)`, the current device when `device` has no index."""
         index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
     def make_clock(self, device: torch.device | None = None) -> StepClock:
+        """CUDA events on the current stream (`EventClock`): no synchronisation per step."""
         return EventClock(torch)
 
 
@@ -310,17 +341,21 @@ class MpsBackend(TorchBackend):
     device_type = "mps"
 
     def available(self) -> Availability:
+        """Yes on macOS with an MPS-enabled torch that reports MPS available; else why not."""
         return _mps_availability()
 
     def supports(self, precision: str) -> Availability:
+        """fp32, fp16, and bf16 where MPS can allocate it (macOS 14+)."""
         if precision == "bf16" and self.available().ok and not _mps_bf16():
             return Availability.no("MPS has bf16 only on macOS 14 or later")
         return super().supports(precision)
 
     def device_label(self, device: torch.device | None = None) -> str:
+        """`mps (<machine>, macOS <version>)`."""
         return f"mps ({platform.machine()}, macOS {platform.mac_ver()[0]})"
 
     def make_clock(self, device: torch.device | None = None) -> StepClock:
+        """torch.mps.synchronize at every step boundary (`SyncClock`)."""
         return SyncClock(torch.mps.synchronize)
 
 
@@ -345,7 +380,8 @@ def _mps_bf16() -> bool:
 
 
 def probe_summary() -> dict[str, Any]:
-    """Host facts recorded with results."""
+    """Host facts recorded with results: torch's version, whether CUDA and MPS are available,
+    and torch's CPU thread count."""
     return {
         "torch": torch.__version__,
         "cuda_available": torch.cuda.is_available(),

@@ -44,7 +44,10 @@ def build_cases(
     categories: Sequence[str] = CATEGORIES,
     seed: int = 0,
 ) -> Iterator[MicroCase]:
-    """The suite's cases in table order; tensors are allocated only when a case's `setup()` runs."""
+    """The suite's cases in table order; tensors are allocated only when a case's `setup()` runs.
+
+    A generator: an unknown name in `categories` raises ValueError when iteration reaches it.
+    """
     size_of = torch.empty((), dtype=dtype).element_size()
     is_cpu = device.type == "cpu"
     pin = device.type == "cuda"

@@ -42,6 +42,7 @@ def measure_case(
     With a `SyncClock` every mark synchronises the device; with an `EventClock` the marks are
     device events and the durations are read once the last one is reached. A case with
     `sync_each` (launch overhead) is timed with a synchronising clock whatever `clock` is.
+    Raises ValueError for `iterations` below 1; errors of the op itself propagate.
     """
     if iterations < 1:
         raise ValueError(f"iterations must be at least 1, got {iterations}")

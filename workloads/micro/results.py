@@ -21,10 +21,13 @@ CATEGORY_TITLES: dict[str, str] = {
     "activation": "Activation Functions",
     "launch": "Launch Overhead",
 }
+# Categories and sizes from seed 002 (matrix sides n for n x n; vector lengths in elements).
 MATMUL_SIZES: tuple[int, ...] = (64, 128, 256, 512, 1024)
 VECTOR_SIZES: tuple[int, ...] = (1_000, 10_000, 100_000, 1_000_000)
+# GELU: a convention, not a measurement: the operations of the tanh form
+# 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) with tanh counted as one (workloads/micro/__init__.py).
 GELU_FLOP_PER_ELEMENT = 8
-RELU_FLOP_PER_ELEMENT = 1
+RELU_FLOP_PER_ELEMENT = 1  # one max per element
 # Categories whose GB/s counts toward the peak memory bandwidth (matmul's bytes are the
 # minimum traffic, launch moves one element).
 BANDWIDTH_CATEGORIES: frozenset[str] = frozenset(
@@ -38,7 +41,10 @@ COREML_SKIP_REASON = (
 
 @dataclass(frozen=True)
 class MicroProfile:
-    """How many times each op and size runs."""
+    """How many times each op and size runs, and the time limits (seconds).
+
+    `MICRO_PROFILES` holds the ci, light and heavy profiles (the daemon's profile names).
+    """
 
     name: str
     warmup: int  # untimed (timed apart) runs before measuring each op and size
@@ -53,7 +59,10 @@ class MicroProfile:
     def with_iterations(
         self, iterations: int | None = None, warmup: int | None = None
     ) -> MicroProfile:
-        """A copy with the iteration counts overridden (`iterations` applies to launch too)."""
+        """A copy with the iteration counts overridden (`iterations` applies to launch too).
+
+        Raises ValueError for `iterations` below 1 or a negative `warmup`.
+        """
         changes: dict[str, Any] = {}
         if iterations is not None:
             if iterations < 1:
@@ -80,7 +89,8 @@ MICRO_PROFILES: dict[str, MicroProfile] = {
 def get_micro_profile(
     profile: str | MicroProfile, iterations: int | None = None, warmup: int | None = None
 ) -> MicroProfile:
-    """A profile by name (or as given) with optional iteration overrides; ValueError if unknown."""
+    """A profile by name (or as given) with optional iteration overrides. Raises ValueError
+    for an unknown name or an override out of range (see `MicroProfile.with_iterations`)."""
     if isinstance(profile, MicroProfile):
         base = profile
     elif profile in MICRO_PROFILES:
@@ -92,7 +102,13 @@ def get_micro_profile(
 
 @dataclass
 class MicroResult:
-    """One op at one size on one backend; times in seconds, rates from the median."""
+    """One op at one size on one backend; times in seconds, rates from the median.
+
+    `size` is the display size ("1K", "64x64"), `n` the element count or matrix side;
+    `flop` and `bytes` are per run (formulas in workloads/micro/__init__.py); `gflops` and
+    `gb_per_s` are those over `median_s`, in 1e9 FLOP/s and 1e9 bytes/s, None where the op
+    has no such figure. `flop_estimated` marks a FLOP count that is a convention (GELU).
+    """
 
     backend: str
     device: str
@@ -117,6 +133,7 @@ class MicroResult:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict; NaN and infinite floats become None."""
         return {key: _finite(value) for key, value in asdict(self).items()}
 
 
@@ -144,6 +161,7 @@ class MicroRun:
         return bool(self.results) and not self.failures
 
     def backends(self) -> list[str]:
+        """The backends that have results, in the order of their first result."""
         return list(dict.fromkeys(r.backend for r in self.results))
 
     def summary(self) -> dict[str, dict[str, Any]]:
@@ -169,6 +187,9 @@ class MicroRun:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """The run as JSON-ready data (the `soakd micro --json` document): the profile's
+        counts, every result, the per-backend `summary`, skips, failures and load averages;
+        NaN and infinite figures become None."""
         return {
             "host": self.host,
             "profile": self.profile.name,
