@@ -23,9 +23,6 @@ from daemon.records import ConditionsRow
 from daemon.stability import StabilityTracker, window_for
 from daemon.telemetry_exporter import SnapshotCollector
 from daemon.verdicts import DeviceVerdict
-
-if TYPE_CHECKING:
-    from daemon.phase_verdicts import SeriesVerdict
 from workloads.micro.results import MicroResult
 from workloads.placement import ane_share
 from workloads.protocol import Check, Failure, Prepared, RunConfig, Steps, Warmup
@@ -36,6 +33,9 @@ from workloads.rotation import (
     SliceEnded,
     SliceStarted,
 )
+
+if TYPE_CHECKING:
+    from daemon.phase_verdicts import SeriesVerdict
 
 __all__ = ["SnapshotCollector", "WorkloadMetrics", "series_key"]
 
@@ -230,37 +230,21 @@ class WorkloadMetrics:
 
     def series_verdict(self, verdict: SeriesVerdict) -> None:
         """A series' verdicts at its phase's end (daemon/phase_verdicts.py): stability score and
-        pass, slowdowns counted by explained, sustained throughput against its history band."""
-        key = verdict.labels
+        pass, slowdowns counted by explained, sustained throughput against its history band. A
+        figure this phase has none of goes away (no verdict of an earlier phase stays)."""
+        key, score, band = verdict.labels, verdict.score, verdict.band
         with self._lock:
-            self.pass_mark.set(verdict.score.pass_mark)
-            for gauge, value in ((self.stability, verdict.score.score), (self.sustained_rate, verdict.sustained)):
-                if value is None:
-                    with contextlib.suppress(KeyError):
-                        gauge.remove(*key)
-                else:
-                    gauge.labels(*key).set(value)
-            if verdict.score.passed is None:  # no score this time: no verdict of an earlier phase stays
-                with contextlib.suppress(KeyError):
-                    self.stability_passed.remove(*key)
-            else:
-                self.stability_passed.labels(*key).set(1 if verdict.score.passed else 0)
+            self.pass_mark.set(score.pass_mark)
+            _set_or_remove(self.stability, key, score.score)
+            _set_or_remove(self.stability_passed, key, None if score.passed is None else float(score.passed))
+            _set_or_remove(self.sustained_rate, key, verdict.sustained)
             for slowdown in verdict.slowdowns:
                 self.slowdowns.labels(*key, "true" if slowdown.explained else "false").inc()
-            band = verdict.band
             for bound, value in (("low", band.low if band else None), ("median", band.median if band else None),
                                  ("high", band.high if band else None)):
-                if value is None:
-                    with contextlib.suppress(KeyError):
-                        self.history.remove(*key, bound)
-                else:
-                    self.history.labels(*key, bound).set(value)
+                _set_or_remove(self.history, (*key, bound), value)
             self.history_rotations.labels(*key).set(band.rotations if band else 0)
-            if verdict.regression is None:
-                with contextlib.suppress(KeyError):
-                    self.regression.remove(*key)
-            else:
-                self.regression.labels(*key).set(1 if verdict.regression else 0)
+            _set_or_remove(self.regression, key, None if verdict.regression is None else float(verdict.regression))
 
     def rotation_conditions(self, conditions: ConditionsRow) -> None:
         """What the rotation started under (daemon/conditions.py): its cool-down wait, hot or not."""
@@ -391,6 +375,15 @@ class RotationPlanCollector(Collector):
             if value is not None:
                 fits.add_metric([basis], value)
         yield fits
+
+
+def _set_or_remove(gauge: Any, labels: tuple[str, ...], value: float | None) -> None:
+    """Set the labelled gauge to `value`, or remove that series when `value` is None."""
+    if value is None:
+        with contextlib.suppress(KeyError):
+            gauge.remove(*labels)
+    else:
+        gauge.labels(*labels).set(value)
 
 
 def series_key(context: SliceContext) -> Key:

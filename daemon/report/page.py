@@ -261,7 +261,8 @@ def _figures(data: PageData) -> dict[str, Figure]:
                               "configuration, over time. The error bar at a rotation is the band it was judged "
                               "against: 2.5-97.5 % of the earlier rotations of the same run configuration and "
                               "profile, with a tick at their median; the latest band is shaded across. A red "
-                              "point fell below its band: a regression."),
+                              "point fell below its band: a regression. At most 8 run configurations, in "
+                              "the order they ran."),
         "energy.png": Figure("energy.png", "energy per step and FLOP per joule by backend",
                              "Left: joules per measured step; right: FLOP per joule. From each slice's "
                              "per-component energy counters, summed without counting a rail twice."),
