@@ -72,7 +72,7 @@ def raw_readings(nvml: Any) -> dict[str, Any]:
             gpu["temperature_c"] = _call(nvml, "nvmlDeviceGetTemperature", handle, nvml.NVML_TEMPERATURE_GPU)
             gpu["sm_clock_mhz"] = _call(nvml, "nvmlDeviceGetClockInfo", handle, nvml.NVML_CLOCK_SM)
             memory = _call(nvml, "nvmlDeviceGetMemoryInfo", handle)
-            gpu["memory_used_bytes"] = {"value": memory["value"].used} if "value" in memory else memory
+            gpu["memory_used_bytes"] = {"value": memory["value"]["used"]} if "value" in memory else memory
             for name in CLOCK_EVENT_CALLS:
                 result = _call(nvml, name, handle)
                 if "value" in result:

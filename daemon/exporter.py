@@ -1,9 +1,9 @@
 """Prometheus exposition: workload instruments updated live, telemetry read from a cache.
 
 `WorkloadMetrics` turns the worker's events into counters, the step-latency histogram and
-the stability gauges. `SnapshotCollector` (daemon/telemetry_exporter.py, re-exported here) is
-a custom Collector that reads the sampler's last snapshot at scrape time, so a scrape never
-touches hardware.
+summary (daemon/latency.py) and the stability gauges. `SnapshotCollector`
+(daemon/telemetry_exporter.py, re-exported here) is a custom Collector that reads the sampler's
+last snapshot at scrape time, so a scrape never touches hardware.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from daemon.latency import StepLatency
 from daemon.metric_catalog import BY_NAME, MetricDef
 from daemon.records import ConditionsRow
 from daemon.stability import StabilityTracker, window_for
@@ -39,8 +40,10 @@ if TYPE_CHECKING:
 
 __all__ = ["SnapshotCollector", "WorkloadMetrics", "series_key"]
 
+# For counting steps; quantiles come from soakd_step_latency_seconds (daemon/latency.py). Up to
+# 600 s: heavy CPU steps take 30-70 s.
 STEP_BUCKETS = (2e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1,
-                0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 100.0)
+                0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 100.0, 300.0, 600.0)
 ROTATION_BUCKETS = (1, 5, 15, 30, 60, 300, 600, 1200, 1800, 3600, 5400, 7200, 14400)
 Key = tuple[str, str, str, str]  # phase, backend, precision, device
 
@@ -77,6 +80,8 @@ class WorkloadMetrics:
         self.steps = i("soakd_steps_total")
         self.flop = i("soakd_flop_total")
         self.step_duration = i("soakd_step_duration_seconds", buckets=STEP_BUCKETS)
+        self.latency = StepLatency(registry)
+        self.measured = i("soakd_measured_seconds_total")
         self.failures = i("soakd_step_failures_total")
         self.fallbacks = i("soakd_fallbacks_total")
         self.checks = i("soakd_numeric_checks_total")
@@ -138,6 +143,7 @@ class WorkloadMetrics:
         from now, and the last phase's (or rotation's) figures go away."""
         with self._lock:
             self.trackers.clear()
+            self.latency.clear()
             self._stability_window = window_for(planned_seconds)
             self.first_throttle.clear()
             self._phase_started = self._now()
@@ -150,6 +156,7 @@ class WorkloadMetrics:
                 for gauge in (self.throughput, self.sustained, self.variation):
                     with contextlib.suppress(KeyError):
                         gauge.remove(*key)
+                self.latency.forget(key)
 
     def tracker(self, key: Key) -> StabilityTracker:
         """The series' stability tracker in this phase (made on first use)."""
@@ -184,13 +191,19 @@ class WorkloadMetrics:
             if isinstance(event, SliceStarted):
                 self.active.labels(*key).set(1)
                 self.active_keys.add(key)
-                self.tracker(key)
+                # running again: its rate and latency over its last measured seconds (earlier
+                # slices of this phase) show from the start, not only after its first step
+                throughput = self.tracker(key).throughput()
+                if throughput is not None:
+                    self.throughput.labels(*key).set(throughput)
+                self.latency.show(key)
             elif isinstance(event, SliceEnded):
                 self.active.labels(*key).set(0)
                 self.active_keys.discard(key)
                 # not running: no "throughput now" (a panel shows a gap, not a ramp or a stale value)
                 with contextlib.suppress(KeyError):
                     self.throughput.remove(*key)
+                self.latency.hide(key)
                 turn = event.result.turn_ended - event.result.turn_started
                 if turn == turn:  # not NaN: the turn was timed
                     self.load_gap.labels(*key).inc(event.result.gap_seconds)
@@ -272,6 +285,7 @@ class WorkloadMetrics:
             with contextlib.suppress(KeyError):
                 self.run_info.remove(*key, *_run_labels(old))
             self.trackers.pop(key, None)  # a new run configuration: stability starts over
+            self.latency.forget(key)
         self.runs[key] = run
         self.run_info.labels(*key, *_run_labels(run)).set(1)
 
@@ -279,9 +293,11 @@ class WorkloadMetrics:
         count = event.steps
         self.steps.labels(*key).inc(count)
         self.flop.labels(*key).inc(count * flop_per_step)
+        self.measured.labels(*key).inc(max(0.0, event.seconds))
         histogram = self.step_duration.labels(*key)
         for duration in event.durations:
             histogram.observe(duration)
+        self.latency.observe(key, event.durations, event.seconds)
         self.mismatches.labels(*key)
         tracker = self.tracker(key)
         tracker.add(event.seconds, float(count * flop_per_step))
@@ -303,8 +319,8 @@ class WorkloadMetrics:
         self.rotation_active.set(1)
         with self._lock:
             for key in keys:
-                for metric in (self.steps, self.flop, self.step_duration, self.checks, self.mismatches,
-                               self.load_gap, self.phase_seconds):
+                for metric in (self.steps, self.flop, self.measured, self.step_duration, self.checks,
+                               self.mismatches, self.load_gap, self.phase_seconds):
                     metric.labels(*key)
                 for explained in ("true", "false"):  # increase() sees the first slowdown
                     self.slowdowns.labels(*key, explained)
@@ -334,8 +350,11 @@ class WorkloadMetrics:
         self.last_rotation_end.set(self._now())
         self.rotation_progress(None, None)
         with self._lock:
-            for key in self.active_keys:
+            for key in self.active_keys:  # a slice cut short without its end event
                 self.active.labels(*key).set(0)
+                with contextlib.suppress(KeyError):
+                    self.throughput.remove(*key)
+                self.latency.hide(key)
             self.active_keys.clear()
             self.worker_memory = {}  # no worker runs between rotations
 

@@ -22,7 +22,7 @@ class MetricDef:
     `kind` (counter, gauge, histogram or info), its label names in order, and its help text."""
 
     name: str
-    kind: str  # counter | gauge | histogram | info
+    kind: str  # counter | gauge | histogram | summary | info
     labels: tuple[str, ...]
     help: str
 
@@ -36,7 +36,20 @@ METRICS: tuple[MetricDef, ...] = (
               "Per-step latency, each observation one step timed on its own (device events or a "
               "synchronised clock at its boundaries). Steps under 1 ms on CUDA run in timed groups "
               "for throughput; their latencies are a 1-in-16 sample of groups timed step by step, "
-              "so _count can be below soakd_steps_total."),
+              "so _count can be below soakd_steps_total and _sum below the measured time "
+              "(soakd_measured_seconds_total). The buckets (20 µs to 600 s) are for counting: "
+              "histogram_quantile() interpolates inside a bucket and can be off by its width; "
+              "p50/p99 are soakd_step_latency_seconds."),
+    MetricDef("soakd_step_latency_seconds", "summary", WORKLOAD,
+              "Step latency quantiles (0.5, 0.9, 0.99; 1 is the max) of the series' steps in its "
+              "last 60-65 s of measured time (its own steps, not wall time), from 1 % log buckets: "
+              "within ~0.5 % of the exact quantiles. Present only while a slice of the series runs; "
+              "no _sum/_count (the histogram soakd_step_duration_seconds has them)."),
+    MetricDef("soakd_measured_seconds_total", "counter", WORKLOAD,
+              "Seconds of the series' measured steps (device-synchronised segment time, all steps "
+              "even where latencies are sampled): what throughput divides by, so "
+              "increase(soakd_flop_total) / increase(soakd_measured_seconds_total) is the exact "
+              "mean FLOP/s of the steps in a range."),
     MetricDef("soakd_step_failures_total", "counter", (*WORKLOAD, "reason"),
               "Failed slices or steps, by reason."),
     MetricDef("soakd_fallbacks_total", "counter", ("phase", "backend", "to_backend", "reason"),
@@ -249,4 +262,5 @@ def exposed_names(metric: MetricDef) -> list[str]:
         return [metric.name] if metric.name.endswith("_total") else [f"{metric.name}_total"]
     if metric.kind == "histogram":
         return [f"{metric.name}_bucket", f"{metric.name}_sum", f"{metric.name}_count"]
+    # soakd's summaries carry quantiles only (their _sum/_count would repeat a histogram's)
     return [metric.name]

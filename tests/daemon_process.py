@@ -26,7 +26,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(path: Path, extra: str = "", phase_seconds: float = 1.0, run_at_start: bool = True) -> Path:
+def write_config(path: Path, extra: str = "", phase_seconds: float = 1.0, run_at_start: bool = True,
+                 backends: str = "cpu", slice_seconds: float = 1.0) -> Path:
     """A fast ci-profile config; energy and thermal pressure come from a recorded capture."""
     text = f"""
 [schedule]
@@ -34,11 +35,11 @@ profile = "ci"
 run_at_start = {"true" if run_at_start else "false"}
 
 [workload]
-backends = "cpu"
+backends = "{backends}"
 
 [workload.overrides]
 phase_seconds = {phase_seconds}
-slice_seconds = 1
+slice_seconds = {slice_seconds}
 
 [sources]
 replay_file = "{REPLAY}"
@@ -50,7 +51,9 @@ replay_file = "{REPLAY}"
 
 class Daemon:
     def __init__(self, state_dir: Path, config: Path, port: int | None = None,
-                 env: dict[str, str] | None = None, log_dir: Path | None = None) -> None:
+                 env: dict[str, str] | None = None, log_dir: Path | None = None,
+                 module: str = "daemon.cli") -> None:
+        """`module` is run with `python -m` (tests/standin_daemon.py accepts stand-in backends)."""
         self.state_dir = state_dir
         self.config = config
         self.port = free_port() if port is None else port
@@ -60,7 +63,7 @@ class Daemon:
         environment.pop("CI", None)
         self._log_handle = open(self.log, "w", encoding="utf-8")  # noqa: SIM115 - closed in wait()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "run", "--config", str(config), "--state-dir",
+            [sys.executable, "-m", module, "run", "--config", str(config), "--state-dir",
              str(state_dir), "--listen", f"127.0.0.1:{self.port}"],
             cwd=REPO, env=environment, stdout=self._log_handle, stderr=subprocess.STDOUT)
 

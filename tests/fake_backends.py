@@ -239,3 +239,26 @@ class SpikyBackend(CpuBackend):
     def prepare(self, spec: PhaseSpec, precision: str, seed: int,
                 options: PrepareOptions | None = None) -> PreparedWorkload:
         return _as(super().prepare(spec, precision, seed, options), _SpikyWorkload)
+
+
+# Every step of the paced stand-in takes this long, compute included (the issue's example: every
+# step at exactly 0.3 s, which the histogram's 0.25-0.5 s bucket read as p50 0.375 s).
+PACED_STEP_S = 0.3
+
+
+class _PacedWorkload(TorchWorkload):
+    def step(self) -> None:
+        started = time.perf_counter()
+        super().step()
+        time.sleep(max(0.0, PACED_STEP_S - (time.perf_counter() - started)))
+
+
+class PacedBackend(CpuBackend):
+    """The CPU backend with every step padded to PACED_STEP_S: a steady, known throughput and
+    latency whatever else the machine runs, and almost no CPU taken from the other lane."""
+
+    name = "paced-fake"
+
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int,
+                options: PrepareOptions | None = None) -> PreparedWorkload:
+        return _as(super().prepare(spec, precision, seed, options), _PacedWorkload)

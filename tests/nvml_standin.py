@@ -10,6 +10,7 @@ symbol (drivers before 535 and nvmlDeviceGetCurrentClocksEventReasons).
 
 from __future__ import annotations
 
+import ctypes
 import types
 from collections.abc import Iterable
 from typing import Any
@@ -106,7 +107,7 @@ def fake_pynvml(gpus: list[dict[str, list[Any]]], init_error: int | None = None,
     module.nvmlDeviceGetCount = lambda: len(gpus)
     module.nvmlDeviceGetHandleByIndex = handle_by_index
     module.nvmlDeviceGetIndex = lambda handle: handle
-    module.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=value(h, "used"))
+    module.nvmlDeviceGetMemoryInfo = lambda h: _memory_info(value(h, "used"))
     module.nvmlDeviceGetTotalEccErrors = ecc
     module.nvmlEventSetCreate = lambda: "event-set"
     module.nvmlEventSetFree = lambda s: module.calls.append("event_set_free")
@@ -115,3 +116,13 @@ def fake_pynvml(gpus: list[dict[str, list[Any]]], init_error: int | None = None,
     for name, metric in _FUNCTIONS.items():
         setattr(module, name, device_function(name, metric))
     return module
+
+
+class _MemoryStruct(ctypes.Structure):
+    """What the real binding returns: a ctypes struct (c_nvmlMemory_t), not a plain object."""
+
+    _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+
+
+def _memory_info(used: int) -> _MemoryStruct:
+    return _MemoryStruct(total=used * 4, free=used * 3, used=used)

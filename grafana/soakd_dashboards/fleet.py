@@ -7,8 +7,8 @@ from soakd_dashboards.queries import (
     F_INSTANCE,
     F_WORKLOAD,
     FLOP_PEAK_1H,
-    FLOP_RATE,
     SUSTAINED_MIN_1H,
+    THROUGHPUT,
     UNIT_FLOP_PER_JOULE,
     W_LABELS,
     zero_if_empty,
@@ -84,17 +84,19 @@ def fleet() -> Dashboard:
         ),
         timeseries(
             "Hourly peak throughput (weeks view)",
-            "Best 1 m FLOP/s of each phase/backend in the preceding hour. Set the time range "
-            "to weeks to see slow drift.",
+            "Best FLOP/s of each phase/backend in the preceding hour (its 10 s throughput while "
+            "it ran, never diluted by another backend's slices). Set the time range to weeks to "
+            "see slow drift.",
             "flops",
             Target(f"max by ({W_LABELS}) ({FLOP_PEAK_1H}{{{F_WORKLOAD}}})",
                    "{{instance}} · {{phase}} · {{backend}} · {{precision}}"),
         ),
         timeseries(
             "Throughput per host",
-            "FLOP/s per host, phase and backend (1 m rate of soakd_flop_total, recorded).",
+            "FLOP/s per host, phase and backend while it runs (soakd_throughput_flop_per_second "
+            "summed over the host's devices), a gap while it does not.",
             "flops",
-            Target(f"sum by ({W_LABELS}) ({FLOP_RATE}{{{F_WORKLOAD}}})",
+            Target(f"sum by ({W_LABELS}) ({THROUGHPUT}{{{F_WORKLOAD}}})",
                    "{{instance}} · {{phase}} · {{backend}} · {{precision}}"),
             width=24,
         ),

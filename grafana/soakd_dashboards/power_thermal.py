@@ -53,6 +53,24 @@ def power_thermal() -> Dashboard:
              Target(f"sum by (instance, source, component) (soakd_power_watts{{{F_INSTANCE}}})",
                     "{{component}} ({{source}})"),
              width=8, height=8),
+        timeseries(
+            "Whole-system power",
+            "Watts of the whole system from soakd_system_energy_joules_total: the outermost "
+            "energy totals present on this host, no rail counted twice (RAPL psys or package + "
+            "dram, plus every NVML GPU; powermetrics combined on a Mac).",
+            "watt",
+            Target(f"sum by (instance) (rate(soakd_system_energy_joules_total{{{F_INSTANCE}}}"
+                   "[$__rate_interval]))", "system · {{instance}}"),
+            width=16,
+        ),
+        stat("Whole-system energy in the range",
+             "Joules of the whole system over the dashboard's time range (increase of "
+             "soakd_system_energy_joules_total): unlike the per-component bars, this can be "
+             "read as a total.",
+             "joule",
+             Target(f"sum by (instance) (increase(soakd_system_energy_joules_total"
+                    f"{{{F_INSTANCE}}}[$__range]))", "{{instance}}"),
+             width=8, height=8),
         bargauge(
             "Energy in the time range",
             "Joules per component over the dashboard's time range (increase of the energy "
@@ -108,6 +126,32 @@ def power_thermal() -> Dashboard:
                 f"{{{F_INSTANCE}}}[$__rate_interval]))", "reason"),
                 "{{reason}} ({{source}}) · {{instance}}"),
             width=8, bars=True,
+        ),
+        state_timeline(
+            "Throttling",
+            "Per throttle reason: throttled (soakd_throttle_active 1: a clock reduction imposed "
+            "for power, heat or reliability, daemon/throttle.py) or not. A host with no reason "
+            "seen shows one row, reason none: not throttled where a source can see throttling, "
+            "unknown where none can (soakd_throttle_observable 0).",
+            Target(f"max by (instance, source, reason) (soakd_throttle_active{{{F_INSTANCE}}})\n"
+                   f"or on (instance)\n"
+                   f"label_replace(max by (instance) (soakd_throttle_observable{{{F_INSTANCE}}}) - 1,"
+                   f' "reason", "none", "", "")',
+                   "{{reason}} {{source}} · {{instance}}"),
+            value_mappings({-1: ("unknown (no throttle source)", "#8e8e8e"),
+                            0: ("not throttled", "green"), 1: ("throttled", "red")}),
+            width=16, height=5,
+        ),
+        bargauge(
+            "Time throttled by reason",
+            "Seconds spent throttled per reason in the time range "
+            "(soakd_throttled_seconds_total; \"none\" when no throttle was seen).",
+            "s",
+            Target(zero_if_empty(
+                f"sum by (instance, source, reason) (increase(soakd_throttled_seconds_total"
+                f"{{{F_INSTANCE}}}[$__range]))", "reason"),
+                "{{reason}} ({{source}}) · {{instance}}"),
+            width=8, height=5,
         ),
         timeseries(
             "Temperatures",

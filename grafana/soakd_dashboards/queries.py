@@ -22,12 +22,18 @@ GRAFANA_DS: JSON = {"type": "grafana", "uid": "-- Grafana --"}
 TAGS = ["soakd"]
 
 # Recorded series (grafana/prometheus/rules/soakd-recording.yml).
-FLOP_RATE = "instance_phase_backend_precision:soakd_flop:rate1m"
-FLOP_PEAK_1H = "instance_phase_backend_precision:soakd_flop:max1h_rate1m"
-STEP_P50 = "instance_phase_backend_precision:soakd_step_duration_seconds:p50_rate1m"
-STEP_P99 = "instance_phase_backend_precision:soakd_step_duration_seconds:p99_rate1m"
+FLOP_PEAK_1H = "instance_phase_backend_precision:soakd_throughput_flop_per_second:max1h"
 POWER = "instance_source_component:soakd_energy_joules:rate1m"
 SUSTAINED_MIN_1H = "instance_phase_backend_precision:soakd_sustained_ratio:min1h"
+
+# A series' throughput while it runs (FLOP/s over its last 10 s of measured steps) and nothing
+# while it does not: rate(soakd_flop_total[1m]) of a backend that runs half the time reads about
+# half its throughput and ramps in and out of each slice.
+THROUGHPUT = "soakd_throughput_flop_per_second"
+# Step latency quantiles over the series' last minute of measured time, present while it runs
+# (daemon/latency.py); histogram_quantile() over the histogram's buckets is off by up to a
+# bucket's width (+66 % p99 at 0.3 s).
+LATENCY = "soakd_step_latency_seconds"
 
 # Label filters built from the template variables.
 F_INSTANCE = 'instance=~"$instance"'
@@ -35,6 +41,8 @@ F_WORKLOAD = 'instance=~"$instance", phase=~"$phase", backend=~"$backend", preci
 # soakd_fallbacks_total has no precision label (a fallback happens before a precision runs).
 F_FALLBACK = 'instance=~"$instance", phase=~"$phase", backend=~"$backend"'
 W_LABELS = "instance, phase, backend, precision"
+# A workload series down to its device (several GPUs of one host are series of their own).
+D_LABELS = "instance, phase, backend, precision, device"
 
 # Grafana's custom unit syntax: SI prefixes in front of the given unit ("12.3 GFLOP/J").
 UNIT_FLOP_PER_JOULE = "si:FLOP/J"
@@ -64,7 +72,16 @@ def mismatches(window: str) -> str:
 
 
 def mean_throughput(filters: str, by: str) -> str:
-    """FLOP done / time spent in measured steps over the dashboard's range: exact mean FLOP/s."""
+    """FLOP done / time spent in measured steps over the dashboard's range: exact mean FLOP/s.
+
+    The measured time is soakd_measured_seconds_total, not the histogram's _sum: for sub-ms CUDA
+    steps the histogram holds a 1-in-16 sample of the steps, so its _sum is ~1/16 of the time.
+    """
     return (f"sum by ({by}) (increase(soakd_flop_total{{{filters}}}[$__range]))\n/\n"
-            f"sum by ({by}) (increase(soakd_step_duration_seconds_sum{{{filters}}}[$__range]))")
+            f"sum by ({by}) (increase(soakd_measured_seconds_total{{{filters}}}[$__range]))")
+
+
+def latency(quantile: str, filters: str = F_WORKLOAD, by: str = D_LABELS) -> str:
+    """A step latency quantile ("0.5", "0.99", "1" for the max) of each series, while it runs."""
+    return f'max by ({by}) ({LATENCY}{{{filters}, quantile="{quantile}"}})'
 

@@ -16,15 +16,16 @@ from soakd_dashboards.panels import (
     timeseries,
 )
 from soakd_dashboards.queries import (
+    D_LABELS,
     F_FALLBACK,
     F_INSTANCE,
     F_WORKLOAD,
-    FLOP_RATE,
-    STEP_P50,
-    STEP_P99,
+    LATENCY,
+    THROUGHPUT,
     UNIT_FLOP_PER_JOULE,
     UNIT_TIMES,
     W_LABELS,
+    latency,
     mean_throughput,
     mismatches,
     zero_if_empty,
@@ -92,7 +93,8 @@ def stability() -> Dashboard:
             "Mean throughput is FLOP done / time spent in measured steps (warm-up and model "
             "load excluded). Speedup is over the CPU's best precision for the same phase "
             "(the CPU baseline slice). Worst sustained ratio is the lowest recent/warm "
-            "throughput ratio; p99 is over all steps in the range.",
+            "throughput ratio. Step p99 (worst minute) is the highest p99 of any minute of the "
+            "series' measured steps in the range (soakd_step_latency_seconds).",
             "short",
             [("Mean throughput", "flops",
               Target(mean_throughput(F_WORKLOAD, W_LABELS))),
@@ -106,10 +108,9 @@ def stability() -> Dashboard:
              ("FLOP per joule", UNIT_FLOP_PER_JOULE,
               Target(f"max by ({W_LABELS}) (last_over_time(soakd_flop_per_joule"
                      f"{{{F_WORKLOAD}}}[$__range]))")),
-             ("Step p99", "s",
-              Target(f"histogram_quantile(0.99, sum by ({W_LABELS}, le) "
-                     f"(increase(soakd_step_duration_seconds_bucket{{{F_WORKLOAD}}}"
-                     f"[$__range])))")),
+             ("Step p99 (worst minute)", "s",
+              Target(f"max by ({W_LABELS}) (max_over_time({LATENCY}"
+                     f"{{{F_WORKLOAD}, quantile=\"0.99\"}}[$__range]))")),
              ("Mismatches", "short", Target(mismatches("$__range")))],
             height=9,
         ),
@@ -161,17 +162,13 @@ def stability() -> Dashboard:
         Row("Phase: $phase", repeat="phase"),
         timeseries(
             "Throughput by backend — $phase",
-            "FLOP/s of each backend running this phase: rate of soakd_flop_total over 1 m "
-            "(recorded) and, dashed, the daemon's own 10 s throughput gauge. Backends "
-            "alternate in slices, so each line has gaps while the other backend runs.",
+            "FLOP/s of each backend (and device) running this phase, over its last 10 s of "
+            "measured steps (soakd_throughput_flop_per_second). Backends alternate in slices: a "
+            "line is there while its backend runs and has a gap while the other one does (a "
+            "1 m rate() of the FLOP counter would read about half the throughput and ramp).",
             "flops",
-            Target(f"sum by ({W_LABELS}) ({FLOP_RATE}{{{F_WORKLOAD}}})",
-                   "{{backend}} · {{precision}} · {{instance}}"),
-            Target(f"max by ({W_LABELS}) (soakd_throughput_flop_per_second{{{F_WORKLOAD}}})",
-                   "{{backend}} · {{precision}} · {{instance}} (10 s)"),
-            overrides=[{"matcher": {"id": "byRegexp", "options": ".*\\(10 s\\)$"},
-                        "properties": [{"id": "custom.lineStyle",
-                                        "value": {"fill": "dash", "dash": [10, 10]}}]}],
+            Target(f"max by ({D_LABELS}) ({THROUGHPUT}{{{F_WORKLOAD}}})",
+                   "{{backend}} · {{precision}} · dev {{device}} · {{instance}}"),
         ),
         timeseries(
             "Sustained ratio — $phase",
@@ -195,14 +192,15 @@ def stability() -> Dashboard:
         ),
         timeseries(
             "Step latency p50 / p99 — $phase",
-            "Per-step latency quantiles from the soakd_step_duration_seconds histogram "
-            "(recorded, 1 m rate), device-synchronised at step boundaries.",
+            "Per-step latency quantiles over each series' last minute of measured steps "
+            "(soakd_step_latency_seconds, from 1 % log buckets: within ~0.5 % of the exact "
+            "quantile), device-synchronised at step boundaries; a gap while the series does not "
+            "run. Not histogram_quantile(): its linear interpolation inside a bucket reads up "
+            "to the bucket's width high.",
             "s",
-            Target(f"max by ({W_LABELS}) ({STEP_P50}{{{F_WORKLOAD}}})",
-                   "p50 {{backend}} · {{precision}} · {{instance}}"),
-            Target(f"max by ({W_LABELS}) ({STEP_P99}{{{F_WORKLOAD}}})",
-                   "p99 {{backend}} · {{precision}} · {{instance}}"),
-            width=8,
+            Target(latency("0.5"), "p50 {{backend}} · {{precision}} · dev {{device}} · {{instance}}"),
+            Target(latency("0.99"), "p99 {{backend}} · {{precision}} · dev {{device}} · {{instance}}"),
+            width=8, log=True,
         ),
         timeseries(
             "FLOP per joule — $phase",
@@ -212,6 +210,55 @@ def stability() -> Dashboard:
             Target(f"max by ({W_LABELS}) (soakd_flop_per_joule{{{F_WORKLOAD}}})",
                    "{{backend}} · {{precision}} · {{instance}}"),
             width=8,
+        ),
+    ]
+
+    run_labels = f"{D_LABELS}, run_key, shapes, technique, memory_format, variant, tf32"
+    devices: list[Panel | Row] = [
+        Row("Load, devices and run configuration"),
+        bargauge(
+            "Duty cycle",
+            "Share of each series' slice turns with a measured step running in the time range: "
+            "1 − load gap / slice time (soakd_load_gap_seconds_total over "
+            "soakd_phase_seconds_total). The rest is hand-over, warm-up, preparation inside the "
+            "phase and reference checks; preparation done ahead is not counted.",
+            "percentunit",
+            Target(f"1 - (\nsum by ({D_LABELS}) (increase(soakd_load_gap_seconds_total"
+                   f"{{{F_WORKLOAD}}}[$__range]))\n/\n"
+                   f"sum by ({D_LABELS}) (increase(soakd_phase_seconds_total"
+                   f"{{{F_WORKLOAD}}}[$__range]))\n)",
+                   "{{phase}} · {{backend}} · {{precision}} · dev {{device}} · {{instance}}"),
+            width=8, steps=thresholds((None, "red"), (0.9, "orange"), (0.98, "green")),
+            limits=(0, 1),
+        ),
+        bargauge(
+            "Device throughput vs the host's median device",
+            "On a host with several devices of one backend: each device's sustained throughput "
+            "in its last phase (second half of its slices) over the host's median device "
+            "(soakd_device_relative_throughput_ratio). Below 0.95 the device is an outlier and "
+            "SoakdDeviceOutlier fires. Empty on a host with one device.",
+            "percentunit",
+            Target(f"max by ({D_LABELS}) (last_over_time("
+                   f"soakd_device_relative_throughput_ratio{{{F_WORKLOAD}}}[$__range]))",
+                   "{{phase}} · {{backend}} · {{precision}} · dev {{device}} · {{instance}}"),
+            width=8, steps=thresholds((None, "red"), (0.95, "green")), limits=(0, None),
+        ),
+        stat("Outlier devices now",
+             "Devices whose last phase ran below 0.95 of the host's median device "
+             "(soakd_device_outlier == 1); the journal and the log name them (device_outlier).",
+             "short",
+             Target(zero_if_empty(f"count(soakd_device_outlier{{{F_WORKLOAD}}} == 1)")),
+             width=8, height=8, steps=thresholds((None, "green"), (0.5, "red")), decimals=0),
+        table(
+            "Run configuration",
+            "How each series' slices run (soakd_run_info): shapes, technique (eager, "
+            "cuda_graph, coreml), memory format, model variant, TF32, and run_key, a digest of "
+            "all of them. Figures of different run keys are never pooled.",
+            "none",
+            [("Run", "none",
+              Target(f"max by ({run_labels}) (last_over_time(soakd_run_info{{{F_WORKLOAD}}}"
+                     f"[$__range]))"))],
+            hide=("Time", "Value"),
         ),
     ]
 
@@ -281,7 +328,7 @@ def stability() -> Dashboard:
         "soakd · Sustained stability",
         "Does each backend keep its speed for an hour? Per phase: throughput of each backend "
         "side by side, sustained ratio, variability, latency, FLOP per joule, correctness.",
-        overview + summary + per_phase + correctness,
+        overview + summary + per_phase + devices + correctness,
         time_from="now-3h",
         annotations=[PHASE_ANNOTATION],
     )

@@ -171,6 +171,8 @@ def catalogue_series() -> dict[str, frozenset[str]]:
             labels = set(metric.labels) | TARGET_LABELS
             if name.endswith("_bucket") and metric.kind == "histogram":
                 labels.add("le")
+            if name == metric.name and metric.kind == "summary":
+                labels.add("quantile")
             series[name] = frozenset(labels)
     return series
 

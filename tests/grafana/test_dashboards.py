@@ -231,16 +231,24 @@ def test_every_recording_rule_is_used_by_a_dashboard() -> None:
 def test_dashboards_cover_the_issue() -> None:
     """The panels the issue asks for, found by the metrics their queries read."""
     wanted = {
-        "soakd-stability": ["soakd_flop:rate1m", "soakd_sustained_ratio",
+        "soakd-stability": ["soakd_throughput_flop_per_second", "soakd_sustained_ratio",
                             "soakd_throughput_variation_ratio",
                             "soakd_time_to_first_throttle_seconds", "soakd_flop_per_joule",
-                            "p50_rate1m", "p99_rate1m", "soakd_numeric_mismatches_total",
-                            "soakd_fallbacks_total", "soakd_phase_active"],
+                            'soakd_step_latency_seconds{', 'quantile="0.5"', 'quantile="0.99"',
+                            "soakd_numeric_mismatches_total",
+                            "soakd_fallbacks_total", "soakd_phase_active",
+                            # issue 14 item 4: duty cycle, the device outlier, the run configuration
+                            "soakd_load_gap_seconds_total", "soakd_phase_seconds_total",
+                            "soakd_device_outlier", "soakd_device_relative_throughput_ratio",
+                            "soakd_run_info"],
         "soakd-power-thermal": ["soakd_energy_joules", "soakd_thermal_pressure_level",
                                 "soakd_thermal_pressure_seconds_total",
                                 "soakd_temperature_celsius", "soakd_throttle_events_total",
-                                "soakd_memory_bytes"],
-        "soakd-fleet": ["topk(", "bottomk(", "soakd_sustained_ratio:min1h"],
+                                "soakd_memory_bytes", "soakd_system_energy_joules_total",
+                                "soakd_throttle_active", "soakd_throttled_seconds_total",
+                                "soakd_throttle_observable"],
+        "soakd-fleet": ["topk(", "bottomk(", "soakd_sustained_ratio:min1h",
+                        "soakd_throughput_flop_per_second"],
     }
     for name, needles in wanted.items():
         text = "\n".join(expr for dashboard, _, expr in panel_queries() if dashboard == name)
@@ -253,8 +261,7 @@ def test_dashboards_cover_the_issue() -> None:
 
 
 UNITS = {
-    "instance_phase_backend_precision:soakd_flop:rate1m": "flops",
-    "instance_phase_backend_precision:soakd_flop:max1h_rate1m": "flops",
+    "instance_phase_backend_precision:soakd_throughput_flop_per_second:max1h": "flops",
     "soakd_throughput_flop_per_second": "flops",
     "instance_source_component:soakd_energy_joules:rate1m": "watt",
     "soakd_power_watts": "watt",
@@ -266,8 +273,9 @@ UNITS = {
     "soakd_sustained_ratio": "percentunit",
     "instance_phase_backend_precision:soakd_sustained_ratio:min1h": "percentunit",
     "soakd_throughput_variation_ratio": "percentunit",
-    "instance_phase_backend_precision:soakd_step_duration_seconds:p50_rate1m": "s",
-    "instance_phase_backend_precision:soakd_step_duration_seconds:p99_rate1m": "s",
+    "soakd_step_latency_seconds": "s",
+    "soakd_throttled_seconds_total": "s",
+    "soakd_device_relative_throughput_ratio": "percentunit",
     "soakd_time_to_first_throttle_seconds": "s",
     "soakd_prepare_seconds": "s",
     "soakd_warmup_seconds": "s",

@@ -34,6 +34,7 @@ REQUIRED_ALERTS = {
     "SoakdTelemetrySourceDown": "soakd_source_up",
     "SoakdDaemonDown": 'up{job="soakd"}',
     "SoakdDaemonAbsent": 'absent(up{job="soakd"})',
+    "SoakdDeviceOutlier": "soakd_device_outlier",
 }
 
 
