@@ -73,6 +73,14 @@ class Config:
     sources: dict[str, Any] = field(default_factory=dict)
     micro_profile: str = "light"
     micro_backends: str = "auto"
+    # verdicts (daemon/verdicts.py) and the cool start (daemon/conditions.py)
+    pass_mark: float = 0.97
+    slowdown_threshold: float = 0.05
+    history_rotations: int = 20
+    outlier_ratio: float = 0.95
+    cooldown_max_wait_seconds: float = 0.0  # 0: no cool-down
+    cooldown_margin_celsius: float = 5.0
+    cooldown_idle_celsius: float | None = None  # None: measured when the daemon starts
     source_path: Path | None = None
 
     @property
@@ -208,9 +216,16 @@ def _precisions(key: str, value: Any) -> tuple[str, ...]:
 
 
 def _backends(key: str, value: Any) -> str:
-    from workloads.backends import BACKEND_NAMES
+    """Backend names or `auto`, checked by the one parser `soakd once` uses too (built-in names,
+    and the stand-ins the SOAKD_EXTRA_BACKENDS test hook names)."""
+    from workloads.backends import parse_backends
 
-    return ",".join(_list(key, value, "backend", (*BACKEND_NAMES, "auto")))
+    names = ",".join(_list(key, value, "backend"))
+    try:
+        parse_backends(names)
+    except ValueError as exc:
+        raise ConfigError(key, value, str(exc)) from None
+    return names
 
 
 def _variants(key: str, value: Any) -> dict[str, str]:
@@ -259,6 +274,13 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "workload.worker_max_memory_growth": (0, 100, ""),  # 0: never; else a multiple like 2
     "sampler.interval_seconds": (0.2, 60, " s"),
     "sources.powermetrics_interval_ms": (100, 60_000, " ms"),
+    "verdicts.pass_mark": (0.5, 1, ""),
+    "verdicts.slowdown_threshold": (0.01, 0.5, ""),
+    "verdicts.history_rotations": (5, 1000, ""),
+    "verdicts.outlier_ratio": (0.5, 1, ""),
+    "cooldown.max_wait_seconds": (0, 7200, " s"),  # 0: no cool-down
+    "cooldown.margin_celsius": (0.5, 50, " °C"),
+    "cooldown.idle_celsius": (0, 110, " °C"),
 }
 
 # (section, key) -> (Config field, parser). Sections are the TOML tables.
@@ -290,6 +312,13 @@ SETTINGS: dict[tuple[str, str], tuple[str, Any]] = {
     ("sampler", "interval_seconds"): ("sampler_interval_seconds", _number),
     ("micro", "profile"): ("micro_profile", _choice(tuple(MICRO_PROFILES))),
     ("micro", "backends"): ("micro_backends", _backends),
+    ("verdicts", "pass_mark"): ("pass_mark", _number),
+    ("verdicts", "slowdown_threshold"): ("slowdown_threshold", _number),
+    ("verdicts", "history_rotations"): ("history_rotations", _whole),
+    ("verdicts", "outlier_ratio"): ("outlier_ratio", _number),
+    ("cooldown", "max_wait_seconds"): ("cooldown_max_wait_seconds", _number),
+    ("cooldown", "margin_celsius"): ("cooldown_margin_celsius", _number),
+    ("cooldown", "idle_celsius"): ("cooldown_idle_celsius", _number),
 }
 
 

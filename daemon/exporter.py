@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from daemon.latency import StepLatency
 from daemon.metric_catalog import BY_NAME, MetricDef
+from daemon.records import ConditionsRow
 from daemon.stability import StabilityTracker, window_for
 from daemon.telemetry_exporter import SnapshotCollector
 from daemon.verdicts import DeviceVerdict
@@ -33,6 +34,9 @@ from workloads.rotation import (
     SliceEnded,
     SliceStarted,
 )
+
+if TYPE_CHECKING:
+    from daemon.phase_verdicts import SeriesVerdict
 
 __all__ = ["SnapshotCollector", "WorkloadMetrics", "series_key"]
 
@@ -97,6 +101,16 @@ class WorkloadMetrics:
         self.ane_ratio = i("soakd_compute_plan_ane_ratio")
         self.device_relative = i("soakd_device_relative_throughput_ratio")
         self.device_outlier = i("soakd_device_outlier")
+        self.stability = i("soakd_stability_ratio")
+        self.stability_passed = i("soakd_stability_passed")
+        self.pass_mark = i("soakd_stability_pass_mark_ratio")
+        self.slowdowns = i("soakd_slowdowns_total")
+        self.sustained_rate = i("soakd_sustained_flop_per_second")
+        self.history = i("soakd_history_flop_per_second")
+        self.history_rotations = i("soakd_history_rotations")
+        self.regression = i("soakd_throughput_regression")
+        self.cooldown = i("soakd_cooldown_seconds")
+        self.started_hot = i("soakd_rotation_started_hot")
         self.rotations = i("soakd_rotations_total")
         self.rotation_duration = i("soakd_rotation_duration_seconds", buckets=ROTATION_BUCKETS)
         self.rotation_active = i("soakd_rotation_active")
@@ -227,6 +241,29 @@ class WorkloadMetrics:
                 self.device_relative.labels(*key).set(verdict.relative)
                 self.device_outlier.labels(*key).set(1 if verdict.outlier else 0)
 
+    def series_verdict(self, verdict: SeriesVerdict) -> None:
+        """A series' verdicts at its phase's end (daemon/phase_verdicts.py): stability score and
+        pass, slowdowns counted by explained, sustained throughput against its history band. A
+        figure this phase has none of goes away (no verdict of an earlier phase stays)."""
+        key, score, band = verdict.labels, verdict.score, verdict.band
+        with self._lock:
+            self.pass_mark.set(score.pass_mark)
+            _set_or_remove(self.stability, key, score.score)
+            _set_or_remove(self.stability_passed, key, None if score.passed is None else float(score.passed))
+            _set_or_remove(self.sustained_rate, key, verdict.sustained)
+            for slowdown in verdict.slowdowns:
+                self.slowdowns.labels(*key, "true" if slowdown.explained else "false").inc()
+            for bound, value in (("low", band.low if band else None), ("median", band.median if band else None),
+                                 ("high", band.high if band else None)):
+                _set_or_remove(self.history, (*key, bound), value)
+            self.history_rotations.labels(*key).set(band.rotations if band else 0)
+            _set_or_remove(self.regression, key, None if verdict.regression is None else float(verdict.regression))
+
+    def rotation_conditions(self, conditions: ConditionsRow) -> None:
+        """What the rotation started under (daemon/conditions.py): its cool-down wait, hot or not."""
+        self.cooldown.set(conditions.cooldown_seconds)
+        self.started_hot.set(1 if conditions.started_hot else 0)
+
     def _set_first_throttle(self, key: Key) -> None:
         """Time from the phase's start to its first throttle (throttled="true"), or so far
         without one ("false", a lower bound); absent where no source can see throttling."""
@@ -285,6 +322,8 @@ class WorkloadMetrics:
                 for metric in (self.steps, self.flop, self.measured, self.step_duration, self.checks,
                                self.mismatches, self.load_gap, self.phase_seconds):
                     metric.labels(*key)
+                for explained in ("true", "false"):  # increase() sees the first slowdown
+                    self.slowdowns.labels(*key, explained)
 
     def rotation_progress(self, ratio: float | None, remaining_s: float | None) -> None:
         """Where the running rotation is; None (between rotations) removes the gauges."""
@@ -355,6 +394,15 @@ class RotationPlanCollector(Collector):
             if value is not None:
                 fits.add_metric([basis], value)
         yield fits
+
+
+def _set_or_remove(gauge: Any, labels: tuple[str, ...], value: float | None) -> None:
+    """Set the labelled gauge to `value`, or remove that series when `value` is None."""
+    if value is None:
+        with contextlib.suppress(KeyError):
+            gauge.remove(*labels)
+    else:
+        gauge.labels(*labels).set(value)
 
 
 def series_key(context: SliceContext) -> Key:

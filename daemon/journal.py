@@ -52,11 +52,21 @@ from daemon.journal_schema import (
     migrate_v1,
     unwritable,
 )
-from daemon.journal_writes import SLICE_COLUMNS, Op, PendingWrites, read_spill, write_rows
+from daemon.journal_writes import (
+    CONDITIONS_COLUMNS,
+    SLICE_COLUMNS,
+    VERDICT_COLUMNS,
+    Op,
+    PendingWrites,
+    read_spill,
+    write_rows,
+)
 from daemon.log import get_logger
-from daemon.records import SliceRow, json_columns
+from daemon.records import ConditionsRow, SliceRow, VerdictRow, json_columns
 
 SLICE_JSON = json_columns(SliceRow)
+VERDICT_JSON = json_columns(VerdictRow)
+CONDITIONS_JSON = json_columns(ConditionsRow)
 WRITE_BUSY_TIMEOUT_S = 1.0  # a write waits this long for another process's lock, then is queued
 OPEN_BUSY_TIMEOUT_S = 5.0  # at start the journal must be writable within this
 FULL_FLAG_ENV = "SOAKD_TEST_DISK_FULL_FILE"
@@ -94,6 +104,19 @@ def _json(value: Any) -> str:
 
 def _loads(value: str | None) -> Any:
     return json.loads(value) if value else None
+
+
+def _values(row: Any, columns: tuple[str, ...], json_fields: tuple[str, ...]) -> tuple[Any, ...]:
+    """A typed row's column values in `columns` order: JSON fields as text, NaN and inf as NULL."""
+    values = []
+    for column in columns:
+        value = getattr(row, column)
+        if column in json_fields:
+            value = None if value is None else _json(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            value = None
+        values.append(value)
+    return tuple(values)
 
 
 __all__ = ["SCHEMA_VERSION", "Journal", "JournalCorrupt", "JournalEmpty", "JournalError", "JournalLocked",
@@ -359,18 +382,19 @@ class Journal:
 
     def add_slice(self, rotation_id: int, row: SliceRow) -> int:
         """Journal one finished slice (a typed row, daemon/records.py); returns its id."""
-        values = []
-        for column in SLICE_COLUMNS:
-            value = getattr(row, column)
-            if column in SLICE_JSON:
-                value = None if value is None else _json(value)
-            elif isinstance(value, float) and not math.isfinite(value):
-                value = None
-            values.append(value)
+        values = _values(row, SLICE_COLUMNS, SLICE_JSON)
         with self._lock:
             slice_id = self._allocate("slices")
             self._write(Op("add_slice", (slice_id, rotation_id, *values)))
         return slice_id
+
+    def add_verdict(self, rotation_id: int, row: VerdictRow) -> None:
+        """Journal one series' verdicts for a phase (daemon/records.VerdictRow)."""
+        self._write(Op("add_verdict", (rotation_id, *_values(row, VERDICT_COLUMNS, VERDICT_JSON))))
+
+    def add_conditions(self, rotation_id: int, row: ConditionsRow) -> None:
+        """Journal the conditions a rotation started under (daemon/records.ConditionsRow)."""
+        self._write(Op("add_conditions", (rotation_id, *_values(row, CONDITIONS_COLUMNS, CONDITIONS_JSON))))
 
     def add_event(self, kind: str, detail: Mapping[str, Any] | str = "", source: str | None = None,
                   rotation_id: int | None = None, at: float | None = None) -> None:
@@ -432,8 +456,34 @@ class Journal:
         return self._select("slices", [("rotation_id = ?", rotation_id), ("started_at >= ?", since)], "id",
                             json_columns=SLICE_JSON)
 
-    def events(self, since: float | None = None, kind: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        return self._select("events", [("time >= ?", since), ("kind = ?", kind)], "id DESC", limit)
+    def verdicts(self, rotation_id: int | None = None, run_key: str | None = None, profile: str | None = None,
+                 limit: int | None = None, until_rotation: int | None = None) -> list[dict[str, Any]]:
+        """Verdict rows, newest first, matching the given rotation, run_key and profile, of rotations up
+        to `until_rotation` ([] from a journal older than schema version 3, which has no such table)."""
+        return self._select_new("verdicts", [("rotation_id = ?", rotation_id), ("run_key = ?", run_key),
+                                             ("profile = ?", profile), ("rotation_id <= ?", until_rotation)],
+                                "id DESC", limit, VERDICT_JSON)
+
+    def conditions(self, rotation_id: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Conditions rows, newest first ([] from a journal older than schema version 3)."""
+        return self._select_new("conditions", [("rotation_id = ?", rotation_id)], "id DESC", limit,
+                                CONDITIONS_JSON)
+
+    def _select_new(self, table: str, conditions: list[tuple[str, Any]], order: str, limit: int | None,
+                    json_columns: tuple[str, ...]) -> list[dict[str, Any]]:
+        """`_select` on a table added after version 2: a read-only view of an older journal
+        (not migrated yet: only the daemon migrates) has none of it."""
+        try:
+            return self._select(table, conditions, order, limit, json_columns)
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise
+
+    def events(self, since: float | None = None, kind: str | None = None, limit: int = 1000,
+               rotation_id: int | None = None) -> list[dict[str, Any]]:
+        return self._select("events", [("time >= ?", since), ("kind = ?", kind), ("rotation_id = ?", rotation_id)],
+                            "id DESC", limit)
 
     def telemetry(self, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
         return self._select("telemetry", [("time >= ?", since), ("time <= ?", until)], "time",

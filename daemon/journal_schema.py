@@ -10,11 +10,14 @@ import functools
 import sqlite3
 from pathlib import Path
 
-from daemon.records import SliceRow, sql_columns
+from daemon.records import ConditionsRow, SliceRow, VerdictRow, sql_columns
 
 # Version 2: slices carry their device index and name, run configuration, load gaps and the
 # energy of their measured time; the slices table is derived from daemon.records.SliceRow.
-SCHEMA_VERSION = 2
+# Version 3: the tables `verdicts` (VerdictRow: stability score, slowdowns, history band per
+# phase x backend x precision x device) and `conditions` (ConditionsRow: what a rotation started
+# under). New tables only: opening a version-2 file creates them (CREATE TABLE IF NOT EXISTS).
+SCHEMA_VERSION = 3
 
 # Version 1, as written by soakd 0.1: the columns every soakd journal has (checked on open) and
 # what version 2 migrates from.
@@ -117,17 +120,25 @@ class JournalLocked(JournalUnwritable):
     """Another process holds the journal's write lock."""
 
 
+def row_table(table: str, row_type: type) -> str:
+    """The DDL of a table of one rotation's typed rows (daemon/records.py): an id, the rotation
+    and one column per field of `row_type`."""
+    columns = ",\n    ".join(f"{name} {sql}" for name, sql in sql_columns(row_type))
+    return (f"CREATE TABLE IF NOT EXISTS {table} (\n    id INTEGER PRIMARY KEY,\n"
+            "    rotation_id INTEGER NOT NULL REFERENCES rotations(id),\n    " + columns + "\n);")
+
+
 def slices_table() -> str:
     """The current slices table's DDL, from SliceRow's fields."""
-    columns = ",\n    ".join(f"{name} {sql}" for name, sql in sql_columns(SliceRow))
-    return ("CREATE TABLE IF NOT EXISTS slices (\n    id INTEGER PRIMARY KEY,\n"
-            "    rotation_id INTEGER NOT NULL REFERENCES rotations(id),\n    " + columns + "\n);")
+    return row_table("slices", SliceRow)
 
 
 def _current_schema() -> str:
     start = SCHEMA_V1.index("CREATE TABLE IF NOT EXISTS slices (")
     end = SCHEMA_V1.index("CREATE INDEX IF NOT EXISTS slices_rotation")
-    return SCHEMA_V1[:start] + slices_table() + "\n" + SCHEMA_V1[end:]
+    return (SCHEMA_V1[:start] + slices_table() + "\n" + SCHEMA_V1[end:] + row_table("verdicts", VerdictRow)
+            + "\nCREATE INDEX IF NOT EXISTS verdicts_run ON verdicts(run_key, profile);\n"
+            + row_table("conditions", ConditionsRow) + "\n")
 
 
 SCHEMA = _current_schema()

@@ -24,9 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.records import SliceRow, sql_columns
+from daemon.records import ConditionsRow, SliceRow, VerdictRow, sql_columns
 
 SLICE_COLUMNS: tuple[str, ...] = tuple(name for name, _ in sql_columns(SliceRow))
+VERDICT_COLUMNS: tuple[str, ...] = tuple(name for name, _ in sql_columns(VerdictRow))
+CONDITIONS_COLUMNS: tuple[str, ...] = tuple(name for name, _ in sql_columns(ConditionsRow))
+
+
+def _insert(table: str, columns: tuple[str, ...]) -> str:
+    """INSERT of a rotation's typed row: (rotation_id, *columns)."""
+    return (f"INSERT INTO {table}(rotation_id, {', '.join(columns)}) "
+            f"VALUES ({', '.join('?' for _ in range(len(columns) + 1))})")
+
 
 # The only statements a queued row (or a spill file) can run.
 OP_SQL: dict[str, str] = {
@@ -34,6 +43,8 @@ OP_SQL: dict[str, str] = {
     "end_rotation": "UPDATE rotations SET ended_at=?, result=?, detail=? WHERE id=?",
     "add_slice": (f"INSERT INTO slices(id, rotation_id, {', '.join(SLICE_COLUMNS)}) "
                   f"VALUES ({', '.join('?' for _ in range(len(SLICE_COLUMNS) + 2))})"),
+    "add_verdict": _insert("verdicts", VERDICT_COLUMNS),
+    "add_conditions": _insert("conditions", CONDITIONS_COLUMNS),
     "add_event": "INSERT INTO events(time, rotation_id, kind, source, detail) VALUES (?, ?, ?, ?, ?)",
     "add_telemetry": ("INSERT INTO telemetry(time, rotation_id, power_watts, thermal_pressure, temperatures) "
                       "VALUES (?, ?, ?, ?, ?)"),

@@ -100,6 +100,33 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("soakd_device_outlier", "gauge", WORKLOAD,
               "1 when the device's relative throughput in its last phase was below the outlier ratio "
               "(default 0.95), else 0; only on hosts with several devices."),
+    # Verdicts (daemon/verdicts.py), set when the series' phase ends.
+    MetricDef("soakd_stability_ratio", "gauge", WORKLOAD,
+              "Stability score of the series' last phase: its worst loop's throughput over its best "
+              "(3DMark's loop stability; a loop is one slice, its FLOP over its measured seconds); absent "
+              "with fewer than two loops."),
+    MetricDef("soakd_stability_passed", "gauge", WORKLOAD,
+              "1 when the stability score reached the pass mark (soakd_stability_pass_mark_ratio), else 0."),
+    MetricDef("soakd_stability_pass_mark_ratio", "gauge", (),
+              "The stability score that passes (verdicts.pass_mark, default 0.97: 3DMark's)."),
+    MetricDef("soakd_slowdowns_total", "counter", (*WORKLOAD, "explained"),
+              "Loops at least verdicts.slowdown_threshold (default 5 %) below the phase's warm level "
+              "(median of its first two loops). explained=true: the telemetry changed with it (a "
+              "throttle reason appeared or grew, thermal pressure rose, the clock fell by at least half "
+              "the drop, power moved relative to its cap); explained=false: nothing did. Each is in the "
+              "journal (event slowdown) with its readings."),
+    MetricDef("soakd_sustained_flop_per_second", "gauge", WORKLOAD,
+              "The series' sustained throughput in its last phase: FLOP over measured seconds of the "
+              "second half of its loops (the first half holds the warm-up transient)."),
+    MetricDef("soakd_history_flop_per_second", "gauge", (*WORKLOAD, "bound"),
+              "Sustained throughput of the earlier rotations of the same run configuration (run_key and "
+              "profile), last verdicts.history_rotations (default 20): bound=low the 2.5th percentile, "
+              "median, high the 97.5th; absent with fewer than 5 earlier rotations."),
+    MetricDef("soakd_history_rotations", "gauge", WORKLOAD,
+              "How many earlier rotations the history band of the series was made of."),
+    MetricDef("soakd_throughput_regression", "gauge", WORKLOAD,
+              "1 when the series' sustained throughput fell below its history band (bound=low), else 0; "
+              "absent without a band."),
     MetricDef("soakd_run_info", "gauge", (*WORKLOAD, *RUN_CONFIG),
               "How the series' slices run now (1): shapes, technique (eager, cuda_graph, coreml), "
               "memory format, model variant, TF32, and run_key, a digest of all of them. Figures "
@@ -198,6 +225,13 @@ METRICS: tuple[MetricDef, ...] = (
               "basis=\"measured\" from the last rotation's wall time."),
     MetricDef("soakd_last_rotation_end_timestamp_seconds", "gauge", (),
               "Unix time the last rotation ended."),
+    MetricDef("soakd_cooldown_seconds", "gauge", (),
+              "How long the last rotation waited for the devices to cool to their idle temperature "
+              "before it started (cooldown.max_wait_seconds; 0 when off); not part of its phases' time."),
+    MetricDef("soakd_rotation_started_hot", "gauge", (),
+              "1 when a sensor was still above its idle temperature plus cooldown.margin_celsius as the "
+              "last rotation started, else 0 (also 0 without an idle temperature to compare with: `soakd "
+              "status` and the journal's conditions say which)."),
     MetricDef("soakd_next_rotation_timestamp_seconds", "gauge", (),
               "Unix time the next scheduled rotation starts."),
     MetricDef("soakd_journal_errors_total", "counter", (),

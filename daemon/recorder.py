@@ -14,15 +14,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon.conditions import RunConditions
 from daemon.config import Config
 from daemon.exporter import WorkloadMetrics, series_key
 from daemon.journal import Journal
-from daemon.records import SliceRow
+from daemon.phase_verdicts import PhaseJudge, SeriesKey, VerdictSettings, journal_history, record_verdicts
+from daemon.records import ConditionsRow, SliceRow
 from daemon.sampler import Sampler, Snapshot
-from daemon.verdicts import DEFAULT_OUTLIER_RATIO, device_outliers, sustained_throughput
+from daemon.verdicts import DeviceVerdict, device_outliers, sustained_throughput
 from workloads.backends import parse_backends, parse_precisions
 from workloads.phases import Profile, get_profile
-from workloads.protocol import Check, Failure
+from workloads.protocol import Check, Failure, Steps
 from workloads.rotation import (
     BaselineReused,
     FallbackTaken,
@@ -106,14 +108,25 @@ class Recorder:
         self._windows: dict[int, tuple[float, Snapshot]] = {}  # slice id -> (unix start, snapshot)
         # this phase's measured (FLOP, seconds) per slice, by (backend, precision, device)
         self._phase_slices: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
-        self.outlier_ratio = DEFAULT_OUTLIER_RATIO
+        self.judge = PhaseJudge(sampler)
+        self.conditions = RunConditions(sampler)  # idle temperatures: the daemon starts idle
+        self.settings = VerdictSettings()
+        self._profile = ""
 
-    def begin(self, rotation_id: int, plan: RotationPlan) -> None:
-        """A rotation starts (journaled as `rotation_id`)."""
+    def begin(self, rotation_id: int, plan: RotationPlan, settings: VerdictSettings | None = None,
+              conditions: ConditionsRow | None = None) -> None:
+        """A rotation starts (journaled as `rotation_id`) with the verdicts' `settings` (the
+        defaults when None) and the `conditions` it starts under (daemon/conditions.py), which
+        are journaled and exported."""
         self.rotation_id = rotation_id
         self.progress = Progress()
         self._phases = list(plan.phases)
+        self._profile = plan.profile.name
         self._windows.clear()
+        self.settings = settings or VerdictSettings()
+        if conditions is not None:
+            self.journal.add_conditions(rotation_id, conditions)
+            self.metrics.rotation_conditions(conditions)
 
     def end(self) -> None:
         """The rotation ended."""
@@ -157,11 +170,16 @@ class Recorder:
             self.progress.phase_started, self.progress.slice_index = event.started, 0
             self.metrics.begin_phase(event.planned_seconds)
             self._phase_slices.clear()
+            self.judge.begin_phase()
             self.log.info("phase_start", phase=event.phase, precision=event.precision,
                           phase_index=f"{self.progress.unit}/{self.progress.units}", slices=event.slices,
                           remaining_seconds=_round(self.progress.remaining_seconds()))
         elif isinstance(event, PhaseEnded):
-            self._judge_devices(event.phase)
+            devices = self._judge_devices(event.phase)
+            verdicts = self.judge.judge(event.phase, event.precision, self._profile, self.settings,
+                                        journal_history(self.journal), devices)
+            record_verdicts(verdicts, profile=self._profile, rotation_id=self.rotation_id or 0,
+                            journal=self.journal, metrics=self.metrics, log=self.log)
             self.metrics.end_phase([(event.phase, backend, event.precision, device)
                                     for backend, precision, device in self._phase_slices
                                     if precision == event.precision])
@@ -170,26 +188,30 @@ class Recorder:
                           wall_seconds=round(event.wall_seconds, 2), load_gap_seconds=round(event.gap_seconds, 3),
                           load_gap_share=round(share, 4))
 
-    def _judge_devices(self, phase: str) -> None:
-        """Name a device that fell behind the host's median device in this phase."""
+    def _judge_devices(self, phase: str) -> dict[SeriesKey, DeviceVerdict]:
+        """Name a device that fell behind the host's median device in this phase; the verdicts
+        by (backend, precision, device)."""
+        out: dict[SeriesKey, DeviceVerdict] = {}
         groups: dict[tuple[str, str], dict[str, float]] = {}
         for (backend, precision, device), slices in self._phase_slices.items():
             value = sustained_throughput(slices)
             if value is not None:
                 groups.setdefault((backend, precision), {})[device] = value
         for (backend, precision), throughput in groups.items():
-            verdicts = device_outliers(throughput, self.outlier_ratio)
+            verdicts = device_outliers(throughput, self.settings.outlier_ratio)
             if not verdicts:
                 continue
             self.metrics.device_verdicts(phase, backend, precision, verdicts)
             for verdict in verdicts.values():
+                out[(backend, precision, verdict.device)] = verdict
                 if verdict.outlier:
                     detail = {"phase": phase, "backend": backend, "precision": precision,
                               "device": verdict.device, "relative": round(verdict.relative, 4),
-                              "flop_per_second": verdict.flop_per_second, "ratio": self.outlier_ratio,
+                              "flop_per_second": verdict.flop_per_second, "ratio": self.settings.outlier_ratio,
                               "host": {d: v.flop_per_second for d, v in verdicts.items()}}
                     self.log.warning("device_outlier", **detail)
                     self.journal.add_event("device_outlier", detail, rotation_id=self.rotation_id)
+        return out
 
     # --- slice-level events ---
 
@@ -201,6 +223,7 @@ class Recorder:
             self.progress.slice_index = event.index
             self.metrics.rotation_progress(self.progress.ratio(), self.progress.remaining_seconds())
             self._windows[event.slice_id] = (time.time(), self.sampler.snapshot())
+            self.judge.slice_started(context, event.slice_id)
             self.journal.set_state("current", {"rotation": self.rotation_id, "phase": context.phase,
                                                "backend": context.backend, "device": context.device,
                                                "requested_backend": context.requested_backend,
@@ -213,6 +236,8 @@ class Recorder:
                      remaining_seconds=_round(self.progress.remaining_seconds()))
         elif isinstance(event, SliceEnded):
             self._end_slice(context, event, log)
+        elif isinstance(event, Steps):
+            self.judge.running(context.slice_id)
         elif isinstance(event, Failure):
             log.warning("slice_failure", reason=event.reason, detail=event.detail, stage=event.stage)
         elif isinstance(event, FallbackTaken):
@@ -245,6 +270,7 @@ class Recorder:
         # energy over the slice's measured segments only: start-up, warm-up and hand-over do
         # no measured work, so they must not cost FLOP/J anything
         measured = self.sampler.energy_over(result.segments)
+        self.judge.slice_ended(context, result, end, measured)
         joules = measured.system.joules if measured.method != "none" else None
         note = f"{measured.method}; {measured.system.describe()}" if joules is not None else None
         if not context.concurrent:  # lanes running at once share one host's energy: no split

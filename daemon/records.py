@@ -107,6 +107,82 @@ class SliceRow:
         )
 
 
+@dataclass(frozen=True)
+class VerdictRow:
+    """One series' verdicts for one phase of one rotation (daemon/verdicts.py; table `verdicts`).
+
+    A series is phase x backend x precision x device. `loops` are its slices' measured
+    throughputs (FLOP/s) in order and `loop_readings` the telemetry over each loop
+    (LoopTelemetry.to_dict); `stability` is worst loop / best loop (None with fewer than two
+    loops) and `passed` whether it reached `pass_mark`. `warm_flop_per_second` is the median of
+    the first two loops; `slowdowns` counts loops at least `slowdown_threshold` below it, of
+    which `unexplained_slowdowns` had no telemetry change to explain them (each is also a
+    `slowdown` event). `sustained_flop_per_second` is the second half of the loops' FLOP over
+    their measured seconds; `history_*` the band it was judged against: the 2.5th percentile,
+    median and 97.5th percentile of the last `history_rotations` earlier rotations of the same
+    `run_key` and `profile` (None below the minimum count), and `regression` whether it fell
+    below. `device_relative`/`device_outlier` are the host-median verdict on a host with several
+    devices (None on one). Units: FLOP/s, seconds (unix time for `ended_at`).
+    """
+
+    phase: str
+    backend: str
+    precision: str
+    device: str
+    profile: str
+    ended_at: float
+    pass_mark: float
+    slowdown_threshold: float
+    run_key: str | None = None
+    loops: list[float] = field(default_factory=list, metadata={"json": True})
+    loop_readings: list[dict[str, Any]] = field(default_factory=list, metadata={"json": True})
+    stability: float | None = None
+    passed: bool | None = None
+    warm_flop_per_second: float | None = None
+    slowdowns: int = 0
+    unexplained_slowdowns: int = 0
+    sustained_flop_per_second: float | None = None
+    history_rotations: int = 0
+    history_low: float | None = None
+    history_median: float | None = None
+    history_high: float | None = None
+    regression: bool | None = None
+    device_relative: float | None = None
+    device_outlier: bool | None = None
+
+
+@dataclass(frozen=True)
+class ConditionsRow:
+    """The conditions a rotation started under (daemon/conditions.py; table `conditions`).
+
+    `on_battery` (None: no battery, or unknown) and `battery_percent` from psutil;
+    `low_power_mode` macOS's Low Power Mode from `pmset -g` (None elsewhere); `thermal_level`
+    the thermal pressure level (daemon/levels.py) and `temperatures` {"source/sensor": °C} when
+    the rotation's first phase was about to start; `other_cpu_ratio` the share (0-1) of all CPU
+    time that other processes used over a short window just before. `cooldown` is what the
+    optional cool-down did: "off", "cool" (within the margin of idle), "timeout" (gave up after
+    the maximum wait), "stopped" (the daemon was stopping) or "no_reference" (no idle
+    temperature to wait for); `cooldown_seconds` the wait, which no phase's time includes.
+    `idle_temperatures` is the reference (measured when the daemon started idle, or
+    configured), `margin_celsius` the margin, and `started_hot` whether some sensor was still
+    above idle + margin at the start (None without a reference); `hot_sensors` names them.
+    """
+
+    recorded_at: float
+    cooldown: str = "off"
+    cooldown_seconds: float = 0.0
+    on_battery: bool | None = None
+    battery_percent: float | None = None
+    low_power_mode: bool | None = None
+    thermal_level: str | None = None
+    temperatures: dict[str, float] = field(default_factory=dict, metadata={"json": True})
+    idle_temperatures: dict[str, float] = field(default_factory=dict, metadata={"json": True})
+    margin_celsius: float | None = None
+    started_hot: bool | None = None
+    hot_sensors: list[str] = field(default_factory=list, metadata={"json": True})
+    other_cpu_ratio: float | None = None
+
+
 def finite(value: float | None) -> float | None:
     """`value`, or None when it is None, NaN or infinite."""
     return value if value is not None and math.isfinite(value) else None

@@ -40,6 +40,7 @@ from daemon.http_server import MetricsApp, MetricsServer
 from daemon.instance import EX_TEMPFAIL, InstanceLock, StartupError
 from daemon.journal import JournalError, JournalLocked, open_for_daemon
 from daemon.log import get_logger
+from daemon.phase_verdicts import VerdictSettings
 from daemon.recorder import Recorder, plan_from_config
 from daemon.sampler import Sampler, default_sources
 from workloads.backends import auto_candidates, parse_backends, resolve_backends
@@ -430,9 +431,10 @@ class Service:
             self.log.warning("rotation_skipped", reason=skip)
             return
         plan = plan_from_config(config, choice.profile)
+        conditions = self.recorder.conditions.before_rotation(config, self.stop_event, self.log)  # cool-down first
         started = time.monotonic()
         self._rotation_id = self.journal.start_rotation(plan.profile.name, trigger, ",".join(plan.backends))
-        self.recorder.begin(self._rotation_id, plan)
+        self.recorder.begin(self._rotation_id, plan, VerdictSettings.from_config(config), conditions)
         self.log.info("rotation_start", rotation=self._rotation_id, trigger=trigger,
                       profile=plan.profile.name, backends=plan.backends)
         result, detail = "completed", ""

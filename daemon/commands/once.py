@@ -7,10 +7,12 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from daemon.clitools import UsageError, comma_list, device_indices
 from daemon.commands import coreml_overhead
+from daemon.verdicts import DEFAULT_PASS_MARK, stability_score
 from workloads.backends import parse_backends, parse_precisions
 from workloads.baseline import POLICIES
 from workloads.host import host_info
@@ -22,6 +24,7 @@ from workloads.rotation import (
     RotationPlan,
     RotationRunner,
     SliceContext,
+    SliceEnded,
 )
 from workloads.runner import summarize
 
@@ -30,6 +33,9 @@ def register(subparsers: Any) -> None:
     """Add `soakd once` to the CLI's sub-parsers."""
     parser = subparsers.add_parser("once", help="run one rotation now and print the results")
     add_workload_arguments(parser)
+    parser.add_argument("--pass-mark", type=float, default=DEFAULT_PASS_MARK, metavar="RATIO",
+                        help="stability score (worst slice / best slice) that passes (default: "
+                             f"{DEFAULT_PASS_MARK}, 3DMark's)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(func=run)
 
@@ -139,6 +145,34 @@ class Progress:
             self.stream.flush()
 
 
+class LoopRecorder:
+    """Each measured slice's throughput (FLOP/s) by (phase, backend, precision, run_key): the
+    loops of the stability score (daemon/verdicts.py). Passes every event on to `forward`."""
+
+    def __init__(self, forward: Callable[[SliceContext | None, RotationEvent], None]) -> None:
+        self.forward = forward
+        self.loops: dict[tuple[str, str, str, str | None], list[float]] = {}
+
+    def __call__(self, context: SliceContext | None, event: RotationEvent) -> None:
+        """The rotation's event callback."""
+        self.forward(context, event)
+        if context is None or context.baseline or not isinstance(event, SliceEnded):
+            return
+        result = event.result
+        if result.seconds > 0 and result.steps > 0:
+            key = (context.phase, result.backend, context.precision, result.run.key if result.run else None)
+            self.loops.setdefault(key, []).append(float(result.flop) / result.seconds)
+
+    def stability(self, row: dict[str, Any], pass_mark: float) -> dict[str, Any] | None:
+        """The stability score of a summarized result row (None for a CPU baseline row)."""
+        if row["baseline"]:
+            return None
+        run = row.get("run") or {}
+        loops = self.loops.get((row["phase"], row["backend"], row["precision"], run.get("key")), [])
+        score = stability_score(loops, pass_mark)
+        return {"score": score.score, "passed": score.passed, "pass_mark": pass_mark, "loops": list(score.loops)}
+
+
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
     if value is None or not math.isfinite(value):
         return "-"
@@ -147,10 +181,11 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
 
 def render_table(rows: list[dict[str, Any]]) -> str:
     """The `soakd once` table: one line per summarized phase x backend x precision row
-    (workloads.runner.summarize's dicts), then the fallbacks with their reasons."""
+    (workloads.runner.summarize's dicts, with `stability` from LoopRecorder: worst slice over best
+    slice, "-" with fewer than two), then the fallbacks with their reasons."""
     header = (f"{'phase':<10} {'backend':<16} {'prec':<5} {'steps/s':>10} {'TFLOP/s':>9} "
               f"{'p50 ms':>9} {'p99 ms':>9} {'vs CPU':>7} {'success':>8} {'mism':>5} {'rss MiB':>9} "
-              f"{'dev MiB':>9}")
+              f"{'dev MiB':>9} {'stability':>10}")
     lines = [header, "-" * len(header)]
     for row in rows:
         backend = row["backend"]
@@ -162,12 +197,15 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         rss, device = memory["worker_peak_rss"] / 2**20, memory["device_peak"] / 2**20
         latency = row["latency_seconds"]
         speedup = row["speedup_vs_cpu"]
+        stability = row.get("stability") or {}
+        verdict = "-" if stability.get("score") is None else (
+            f"{stability['score']:.3f} {'pass' if stability['passed'] else 'FAIL'}")
         lines.append(
             f"{row['phase']:<10} {backend:<16} {row['precision']:<5} "
             f"{_fmt(row['steps_per_second']):>10} {_fmt(row['flop_per_second'], 1e-12, 3):>9} "
             f"{_fmt(latency['p50'], 1e3, 3):>9} {_fmt(latency['p99'], 1e3, 3):>9} "
             f"{_fmt(speedup, 1, 1) + 'x' if speedup else '-':>7} "
-            f"{row['success_rate']:>8.0%} {row['mismatches']:>5} {rss:>9.0f} {device:>9.0f}"
+            f"{row['success_rate']:>8.0%} {row['mismatches']:>5} {rss:>9.0f} {device:>9.0f} {verdict:>10}"
         )
     notes = [f"  {r['phase']} {r['requested_backend']} -> {r['backend']}: {r['fallback']['reason']}: "
              f"{r['fallback']['detail']}" for r in rows if r["fallback"]]
@@ -179,13 +217,18 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run one rotation in worker processes and print its table (or JSON); exit 0."""
     plan = plan_from_args(args)
+    if not 0 < args.pass_mark <= 1:
+        raise UsageError(f"--pass-mark must be in (0, 1], got {args.pass_mark}")
     progress = Progress(plan)
-    runner = RotationRunner(plan, progress)
+    loops = LoopRecorder(progress)
+    runner = RotationRunner(plan, loops)
     try:
         results = runner.run()
     finally:
         progress.close()
     rows = summarize(results)
+    for row in rows:
+        row["stability"] = loops.stability(row, args.pass_mark)
     overhead = coreml_overhead.overhead_for_backends(runner.backends)  # None without Core ML
     if args.json:
         document = {"host": host_info(), "profile": plan.profile.name, "results": rows}

@@ -15,6 +15,7 @@ from daemon.commands.run import add_config_arguments, load_or_exit
 from daemon.energy import breakdown
 from daemon.instance import running
 from daemon.journal import Journal, JournalCorrupt, JournalEmpty, JournalError
+from daemon.verdict_text import rotation_verdict_lines
 
 
 def register(subparsers: Any) -> None:
@@ -57,7 +58,17 @@ def summarize_rotation(journal: Journal, rotation: dict[str, Any]) -> dict[str, 
         rows.append({"phase": phase, "requested_backend": requested, "backend": backend,
                      "precision": precision, **g,
                      "flop_per_second": g["flop"] / g["seconds"] if g["seconds"] else 0.0})
-    return {**rotation, "results": rows}
+    return {**rotation, "results": rows, **rotation_verdicts(journal, rotation["id"])}
+
+
+def rotation_verdicts(journal: Journal, rotation_id: int) -> dict[str, Any]:
+    """A rotation's `verdicts` rows (one per series and phase), its `slowdowns` (the slowdown
+    events' details) and the `conditions` it started under (None before schema version 3)."""
+    conditions = journal.conditions(rotation_id=rotation_id, limit=1)
+    slowdowns = [json.loads(e["detail"] or "{}") for e in reversed(journal.events(kind="slowdown",
+                                                                                  rotation_id=rotation_id))]
+    return {"verdicts": list(reversed(journal.verdicts(rotation_id=rotation_id))), "slowdowns": slowdowns,
+            "conditions": conditions[0] if conditions else None}
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, Journal | None, str | None]:
@@ -120,7 +131,7 @@ def _rotation_lines(summary: dict[str, Any]) -> list[str]:
                      f"{row['flop_per_second'] / 1e12:>9.4f} TFLOP/s  mismatches {row['mismatches']}"
                      f"  failed slices {row['failures']}{energy}")
         lines += [f"    note: {note}" for note in row["energy_notes"]]
-    return lines
+    return lines + rotation_verdict_lines(summary["verdicts"], summary["slowdowns"], summary["conditions"])
 
 
 def _status_document(config: Any, journal: Journal | None, is_running: bool, pid: int | None) -> dict[str, Any]:

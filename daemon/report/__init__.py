@@ -5,6 +5,8 @@ Everything here reads the journal only; the daemon need not run. The parts:
 - selection.py: which rows (a rotation, a --since window, the last finished rotation);
 - statistics.py: the figures, per workload (phase · profile · shapes) and lane, with their
   definitions; never divided across profiles or run configurations;
+- verdicts.py: the verdicts section (stability score, slowdowns, history band, outliers, run
+  conditions), from the journal's verdicts and conditions tables;
 - plots.py: the PNGs (matplotlib, imported when drawing);
 - page.py and templates/: index.html (jinja2, autoescaped).
 """
@@ -36,7 +38,7 @@ __all__ = [
     "add_speedups", "choose_pair", "lane_stats", "select", "sustained_series", "write_report",
 ]
 
-PLOT_FILES = ("throughput.png", "sustained.png", "power.png", "thermal.png", "energy.png")
+PLOT_FILES = ("throughput.png", "sustained.png", "history.png", "power.png", "thermal.png", "energy.png")
 
 
 @dataclass
@@ -54,6 +56,7 @@ def write_report(journal: Journal, out: Path, rotation: int | None = None, since
     `out` are removed. Raises ReportError for nothing to report, matplotlib missing, or `out`
     not writable."""
     from daemon.report.page import Naming, PageData, render_page
+    from daemon.report.verdicts import build_section
 
     import_matplotlib()
     selection = select(journal, rotation=rotation, since=since, since_text=since_text)
@@ -73,6 +76,7 @@ def write_report(journal: Journal, out: Path, rotation: int | None = None, since
     try:
         for name, draw in (("throughput.png", lambda p: plotter.throughput(p, workloads)),
                            ("sustained.png", lambda p: plotter.sustained(p, workloads)),
+                           ("history.png", plotter.history),
                            ("power.png", plotter.power),
                            ("energy.png", lambda p: plotter.energy(p, stats, workloads))):
             if draw(out / name):
@@ -84,7 +88,7 @@ def write_report(journal: Journal, out: Path, rotation: int | None = None, since
             if name not in drawn:
                 (out / name).unlink(missing_ok=True)
         page = render_page(PageData(selection, stats, lanes, pair, workloads, set(drawn), unknown_levels, naming,
-                                    plotter.bins))
+                                    plotter.bins, build_section(selection)))
         index = out / "index.html"
         index.write_text(page, encoding="utf-8")
     except OSError as exc:

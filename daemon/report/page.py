@@ -101,6 +101,7 @@ class PageData:
     unknown_levels: list[str]
     naming: Naming
     bins: dict[str, int] = field(default_factory=dict)  # plot file: seconds per averaged bin
+    verdicts: Any = None  # daemon/report/verdicts.VerdictSection, None without verdicts in the journal
 
 
 # --- cells ----------------------------------------------------------------------------------------
@@ -255,6 +256,13 @@ def _figures(data: PageData) -> dict[str, Figure]:
         "sustained.png": Figure("sustained.png", "sustained ratio over time",
                                 f"Each slice's throughput over the first slice of the same phase, profile and "
                                 f"backend in the {reference}; 1.0 (dashed) is no change, below it is slower."),
+        "history.png": Figure("history.png", "sustained throughput per rotation with its history band",
+                              "Each rotation's sustained throughput (second half of its loops) of one run "
+                              "configuration, over time. The error bar at a rotation is the band it was judged "
+                              "against: 2.5-97.5 % of the earlier rotations of the same run configuration and "
+                              "profile, with a tick at their median; the latest band is shaded across. A red "
+                              "point fell below its band: a regression. At most 8 run configurations, in "
+                              "the order they ran."),
         "energy.png": Figure("energy.png", "energy per step and FLOP per joule by backend",
                              "Left: joules per measured step; right: FLOP per joule. From each slice's "
                              "per-component energy counters, summed without counting a rail twice."),
@@ -268,7 +276,10 @@ def _figures(data: PageData) -> dict[str, Figure]:
     return {name: figure for name, figure in figures.items() if name in data.plots}
 
 
-_NOTABLE = ("fallback", "mismatch", "throttle", "error", "source_down")
+# the verdicts table's columns (daemon/report/verdicts.py fills its rows)
+VERDICT_COLUMNS = ("series · profile", "stability (worst / best loop)", "loops", "slowdowns",
+                   "sustained vs history band", "vs host's median device")
+_NOTABLE = ("fallback", "mismatch", "throttle", "error", "source_down", "device_outlier", "slowdown")
 
 
 def _events(events: Sequence[dict[str, Any]], limit: int = 40) -> tuple[list[list[str]], int]:
@@ -329,6 +340,8 @@ def render_page(data: PageData) -> str:
         events_left_out=events_left_out,
         rotations=rotations if len(selection.rotations) > 1 else None,
         rotations_left_out=rotations_left_out,
+        verdicts=data.verdicts,
+        verdict_columns=VERDICT_COLUMNS,
         host=_footer(),
         generated=when(time.time()),
     )

@@ -342,6 +342,54 @@ class Plotter:
         figure.suptitle(title)
         figure.savefig(path)
 
+    def history(self, path: Path, max_panels: int = 8) -> bool:
+        """history.png: per run configuration judged in the selection (at most `max_panels`), each
+        rotation's sustained throughput over time, with the band it was judged against as an error
+        bar (2.5-97.5 percentile of the earlier rotations, a tick at their median) and the latest
+        band shaded across the panel; rotations below their band in red. False when no verdict row
+        has a sustained throughput."""
+        panels = [(key, [r for r in rows if r["sustained_flop_per_second"]])
+                  for key, rows in self.selection.history.items()]
+        panels = [(key, rows) for key, rows in panels if rows][:max_panels]
+        if not panels:
+            return False
+        figure = self._figure(11, 1.0 + 2.6 * len(panels))
+        axes_list = list(figure.subplots(len(panels), 1, squeeze=False)[:, 0])
+        for axes, ((_run_key, profile), rows) in zip(axes_list, panels, strict=True):
+            values = [r["sustained_flop_per_second"] for r in rows]
+            bands = [r for r in rows if r["history_low"] is not None]
+            bounds = values + [r["history_low"] for r in bands] + [r["history_high"] for r in bands]
+            scale, prefix = si_scale(max(bounds))
+            times = self._times(float(r["ended_at"]) for r in rows)
+            if bands:
+                latest = bands[-1]
+                axes.axhspan(latest["history_low"] / scale, latest["history_high"] / scale, color="#90caf9",
+                             alpha=0.35, linewidth=0, label=f"latest band ({latest['history_rotations']} rotations)")
+                at = self._times(float(r["ended_at"]) for r in bands)
+                medians = [r["history_median"] / scale for r in bands]
+                below = [m - r["history_low"] / scale for m, r in zip(medians, bands, strict=True)]
+                above = [r["history_high"] / scale - m for m, r in zip(medians, bands, strict=True)]
+                axes.errorbar(at, medians, yerr=[below, above], fmt="_", color="#1565c0", markersize=12, capsize=4,
+                              linewidth=1.2, label="band it was judged against: 2.5-97.5 % (tick: median)")
+            axes.plot(times, [v / scale for v in values], color="#333333", marker="o", markersize=4, linewidth=1.2,
+                      label="sustained throughput")
+            low = [(t, r) for t, r in zip(times, rows, strict=True) if r["regression"]]
+            if low:
+                axes.plot([t for t, _ in low], [r["sustained_flop_per_second"] / scale for _, r in low],
+                          linestyle="none", marker="o", markersize=8, color="#c62828", label="regression")
+            first = rows[0]
+            axes.set_title(f"{first['phase']} · {first['backend']} · {first['precision']} · device "
+                           f"{first['device']} · profile {profile}", loc="left", fontweight="bold")
+            self._time_axis(axes, float(rows[0]["ended_at"]), float(rows[-1]["ended_at"]),
+                            label=axes is axes_list[-1])
+            spread = (max(bounds) - min(bounds)) or 0.05 * max(bounds)
+            axes.set_ylim(max(0.0, min(bounds) - 0.3 * spread) / scale, (max(bounds) + 0.3 * spread) / scale)
+            axes.set_ylabel(f"{prefix}FLOP/s")
+            axes.legend(loc="lower left", fontsize=8)
+        figure.suptitle("History: sustained throughput per rotation of each run configuration")
+        figure.savefig(path)
+        return True
+
     def energy(self, path: Path, stats: dict[Key, LaneStats], workloads: Sequence[Workload]) -> bool:
         """energy.png: joules per step and FLOP per joule, bars per workload and lane. False
         (nothing drawn) when no slice recorded energy."""

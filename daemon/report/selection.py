@@ -33,6 +33,14 @@ class Selection:
     telemetry: list[dict[str, Any]]
     events: list[dict[str, Any]]  # in time order
     sources: dict[str, tuple[bool, str]] = field(default_factory=dict)  # name: (up, reason) at the end
+    verdicts: list[dict[str, Any]] = field(default_factory=list)  # the rotations' verdict rows, in id order
+    conditions: dict[int, dict[str, Any]] = field(default_factory=dict)  # rotation id: its conditions row
+    # (run_key, profile) of each verdict row: that run configuration's verdict rows up to the
+    # selection's last rotation, oldest first, at most HISTORY_ROTATIONS (the history plot)
+    history: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+
+
+HISTORY_ROTATIONS = 40  # rotations of one run configuration the history plot shows
 
 
 def select(journal: Journal, rotation: int | None = None, since: float | None = None,
@@ -76,9 +84,9 @@ def _window_selection(journal: Journal, since: float, since_text: str | None, no
     end = max(now, max(s["ended_at"] for s in slices))
     label = f"since {when(since)}" + (f" ({since_text})" if since_text else "")
     ordered = [rotations[i] for i in sorted(rotations)]
-    return Selection(label, "window", since, end, ordered, _with_profiles(slices, ordered),
-                     journal.telemetry(since=since, until=end), _events(journal, since, end),
-                     _sources(journal, end))
+    return _with_verdicts(journal, Selection(label, "window", since, end, ordered, _with_profiles(slices, ordered),
+                                             journal.telemetry(since=since, until=end), _events(journal, since, end),
+                                             _sources(journal, end)))
 
 
 def _rotation_selection(journal: Journal, row: dict[str, Any], slices: list[dict[str, Any]],
@@ -87,8 +95,28 @@ def _rotation_selection(journal: Journal, row: dict[str, Any], slices: list[dict
     end = row["ended_at"] or max([now, *(s["ended_at"] for s in slices)])
     # by rotation id too: a rotation that overran into the next hour must not lend this one its rows
     telemetry = [t for t in journal.telemetry(since=start, until=end) if t["rotation_id"] in (row["id"], None)]
-    return Selection(f"rotation {row['id']}", "rotation", start, end, [row], _with_profiles(slices, [row]),
-                     telemetry, _events(journal, start, end), _sources(journal, end))
+    return _with_verdicts(journal, Selection(f"rotation {row['id']}", "rotation", start, end, [row],
+                                             _with_profiles(slices, [row]), telemetry, _events(journal, start, end),
+                                             _sources(journal, end)))
+
+
+def _with_verdicts(journal: Journal, selection: Selection) -> Selection:
+    """`selection` with its rotations' verdicts and conditions (daemon/verdicts.py, daemon/conditions.py)
+    and the history of each run configuration they judged."""
+    ids = [r["id"] for r in selection.rotations]
+    last = max(ids)
+    for rotation_id in ids:
+        selection.verdicts += reversed(journal.verdicts(rotation_id=rotation_id))
+        conditions = journal.conditions(rotation_id=rotation_id, limit=1)
+        if conditions:
+            selection.conditions[rotation_id] = conditions[0]
+    for row in selection.verdicts:
+        key = (row["run_key"], row["profile"])
+        if row["run_key"] is not None and key not in selection.history:
+            rows = journal.verdicts(run_key=row["run_key"], profile=row["profile"], limit=HISTORY_ROTATIONS,
+                                    until_rotation=last)
+            selection.history[key] = list(reversed(rows))
+    return selection
 
 
 def _with_profiles(slices: list[dict[str, Any]], rotations: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -132,6 +132,30 @@ def stability() -> Dashboard:
                    f"soakd_time_to_first_throttle_seconds{{{F_WORKLOAD}}}[$__range]))",
                    "{{phase}} · {{backend}} · {{precision}} (throttled={{throttled}})"),
         ),
+        bargauge(
+            "Stability score (worst loop / best loop)",
+            "Each series' worst slice throughput over its best in its last phase (3DMark's loop "
+            "stability; a loop is one slice). Red below 0.97, the default pass mark "
+            "(verdicts.pass_mark; the daemon exports its own as soakd_stability_pass_mark_ratio). "
+            "Last value in the time range.",
+            "percentunit",
+            Target(f"min by ({W_LABELS}, device) (last_over_time(soakd_stability_ratio"
+                   f"{{{F_WORKLOAD}}}[$__range]))",
+                   "{{phase}} · {{backend}} · {{precision}} · device {{device}}"),
+            steps=thresholds((None, "red"), (0.97, "green")), limits=(0, 1),
+        ),
+        bargauge(
+            "Slowdowns, explained and unexplained",
+            "Loops at least 5 % below their phase's warm level (the median of its first two loops) "
+            "in the time range. explained=true: a throttle reason, thermal pressure, the clock or "
+            "the power cap changed with it; explained=false: nothing in the telemetry did (the "
+            "SoakdUnexplainedSlowdown alert). `soakd status` lists each with its readings.",
+            "short",
+            Target(f"sum by ({W_LABELS}, device, explained) (increase(soakd_slowdowns_total"
+                   f"{{{F_WORKLOAD}}}[$__range]))",
+                   "{{phase}} · {{backend}} · {{precision}} · device {{device}} (explained={{explained}})"),
+            steps=thresholds((None, "green"), (0.5, "orange")),
+        ),
     ]
 
     per_phase: list[Panel | Row] = [

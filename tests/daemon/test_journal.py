@@ -94,7 +94,8 @@ def test_version_1_journal_is_migrated(tmp_path: Path) -> None:
                    "VALUES (1, 'matmul', 'cpu', 'cpu', 'fp32', 'cpu (x86_64, 2 threads)', 5, 6, 3, 1.0, 9.0, "
                    "'{}', '{}')")
     journal = Journal(path)
-    assert journal.schema_version() == SCHEMA_VERSION == 2
+    assert journal.schema_version() == SCHEMA_VERSION == 3
+    assert journal.verdicts() == [] and journal.conditions() == []  # version 3 added these tables
     (row,) = journal.slices(rotation_id=1)
     assert row["device"] == "0" and row["device_name"] == "cpu (x86_64, 2 threads)"
     assert row["run_key"] is None and row["steps"] == 3

@@ -59,7 +59,7 @@ def test_signals_during_start_up_are_queued_not_fatal(tmp_path: Path) -> None:
         daemon.wait_for("soakd_rotations_total", 1, timeout=90, result="completed")
         journal = tmp_path / "state" / "journal.sqlite3"
         assert rows(journal, "SELECT trigger FROM rotations ORDER BY id LIMIT 1") == [("signal",)]
-        assert '"received_during_startup": true' in daemon.output()
+        assert '"received_during_startup": true' in daemon.log.read_text(encoding="utf-8")  # the whole log
         assert daemon.process.poll() is None
     finally:
         daemon.stop()

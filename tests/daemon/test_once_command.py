@@ -81,6 +81,11 @@ def test_ci_rotation_on_cpu(ci_run: tuple[float, int, str, str]) -> None:
         assert row["failures"] == {}
         assert row["mismatches"] == 0 and row["checks"] > 0
         assert row["fallback"] is None
+        # the stability score over the phase's slices (2 s phases of 1 s slices: two loops)
+        stability = row["stability"]
+        assert len(stability["loops"]) >= 2 and stability["pass_mark"] == 0.97
+        assert stability["score"] == pytest.approx(min(stability["loops"]) / max(stability["loops"]))
+        assert stability["passed"] == (stability["score"] >= 0.97)
 
 
 def test_cuda_falls_back_to_cpu_here(side_runs: dict[str, tuple[int, str, str]]) -> None:
@@ -99,11 +104,13 @@ def test_table_output(side_runs: dict[str, tuple[int, str, str]]) -> None:
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split() == ["phase", "backend", "prec", "steps/s", "TFLOP/s", "p50", "ms",
-                                "p99", "ms", "vs", "CPU", "success", "mism", "rss", "MiB", "dev", "MiB"]
+                                "p99", "ms", "vs", "CPU", "success", "mism", "rss", "MiB", "dev", "MiB",
+                                "stability"]
     assert set(lines[1]) == {"-"}
     rows = [line.split() for line in lines[2:] if line.strip()]
     assert [r[:3] for r in rows] == [["matmul", "cpu", "fp32"], ["attention", "cpu", "fp32"]]
     assert all(float(r[3]) > 0 and r[8] == "100%" and r[9] == "0" for r in rows)
+    assert all(r[12] == "-" for r in rows)  # --steps 3: one slice, no stability score
     assert "Traceback" not in err
 
 
@@ -113,6 +120,7 @@ BAD_ARGUMENTS = {
     "bad precision": (["--precision", "fp8"], "fp8"),
     "negative duration": (["--duration", "-3"], "--duration"),
     "duration and steps": (["--duration", "1", "--steps", "2"], "--steps"),
+    "pass mark above 1": (["--pass-mark", "1.5"], "--pass-mark"),
 }
 
 

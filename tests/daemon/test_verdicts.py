@@ -59,6 +59,7 @@ def test_a_rotation_on_three_stand_in_gpus_names_the_slow_one(monkeypatch: pytes
         RotationRunner(plan, recorder.on_event).run()
         slices = journal.slices(rotation_id=rotation)
         events = journal.events(kind="device_outlier")
+        verdicts = {row["device"]: row for row in journal.verdicts(rotation_id=rotation)}
     assert sorted({row["device"] for row in slices}) == ["0", "1", "2"]
     assert all(row["steps"] > 0 for row in slices)
     (outlier,) = events
@@ -69,3 +70,13 @@ def test_a_rotation_on_three_stand_in_gpus_names_the_slow_one(monkeypatch: pytes
     assert registry.get_sample_value("soakd_device_relative_throughput_ratio", {**labels, "device": "2"}) < 0.95
     for device in ("0", "1", "2"):  # every workload series carries its device
         assert registry.get_sample_value("soakd_steps_total", {**labels, "device": device}) > 0
+    # the stability score, slowdowns and history work per device, each row with its outlier verdict
+    assert sorted(verdicts) == ["0", "1", "2"]
+    assert [verdicts[d]["device_outlier"] for d in ("0", "1", "2")] == [0, 0, 1]
+    assert verdicts["2"]["device_relative"] < 0.95
+    for device, row in verdicts.items():
+        assert len(row["loops"]) == sum(s["device"] == device for s in slices) >= 2
+        assert row["stability"] == pytest.approx(min(row["loops"]) / max(row["loops"]))
+        assert row["run_key"] == next(s["run_key"] for s in slices if s["device"] == device)
+        assert registry.get_sample_value("soakd_stability_ratio", {**labels, "device": device}) == \
+            pytest.approx(row["stability"])

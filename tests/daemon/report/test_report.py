@@ -30,6 +30,8 @@ from daemon.report import (
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ALL_PLOTS = {"throughput.png", "sustained.png", "power.png", "thermal.png", "energy.png"}
+# a daemon's journal also holds verdicts: each run configuration's sustained throughput per rotation
+REAL_PLOTS = ALL_PLOTS | {"history.png"}
 
 
 class Page(HTMLParser):
@@ -133,12 +135,14 @@ def test_report_from_a_real_ci_rotation(real_journals: dict[str, Path], tmp_path
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert "index.html" in proc.stdout
-    assert {p.name for p in out.glob("*.png")} == ALL_PLOTS
-    for name in ALL_PLOTS:
+    assert {p.name for p in out.glob("*.png")} == REAL_PLOTS
+    for name in REAL_PLOTS:
         check_png(out / name)
     page = parse_page(out / "index.html")
-    assert set(page.images) == ALL_PLOTS  # every PNG is referenced, by relative path
+    assert set(page.images) == REAL_PLOTS  # every PNG is referenced, by relative path
     assert "compare" in page.tables
+    assert page.headers["verdicts"][:2] == ["series · profile", "stability (worst / best loop)"]
+    assert page.headers["conditions"] == ["rotation", "started under"]
     assert "cpu" in page.headers["compare"]
     text = " ".join(page.text)
     for phase in ("matmul", "conv", "attention"):
@@ -153,10 +157,10 @@ def test_report_from_a_real_run_sets_two_backends_side_by_side(real_journals: di
     out = tmp_path / "report"
     proc = soakd("report", "--state-dir", str(real_journals["pair"]), "--rotation", "1", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    for name in ALL_PLOTS:
+    for name in REAL_PLOTS:
         check_png(out / name)
     page = parse_page(out / "index.html")
-    assert set(page.images) == ALL_PLOTS
+    assert set(page.images) == REAL_PLOTS
     headers = page.headers["compare"]
     assert len(headers) == 3 and headers[2] == "cpu (baseline)", headers
     text = " ".join(page.text)
