@@ -44,6 +44,9 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Config:
+    """The daemon's settings: defaults, then the TOML file, then SOAKD_* environment, then flags
+    (`load_config()`). Frozen: a reload builds a new one. Units are in the field names.
+    """
     listen_host: str = "127.0.0.1"
     listen_port: int = DEFAULT_PORT
     state_dir: Path = field(default_factory=default_state_dir)
@@ -85,15 +88,13 @@ class Config:
 
     @property
     def listen(self) -> str:
+        """`host:port` the HTTP server binds (/metrics, /healthz)."""
         return f"{self.listen_host}:{self.listen_port}"
 
     @property
     def journal_path(self) -> Path:
+        """The SQLite journal inside `state_dir`."""
         return self.state_dir / "journal.sqlite3"
-
-    @property
-    def pid_path(self) -> Path:
-        return self.state_dir / "soakd.pid"
 
 
 # key in the file/env -> (Config field, parser)

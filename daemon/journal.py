@@ -238,6 +238,7 @@ class Journal:
             yield self._db
 
     def schema_version(self) -> int:
+        """The journal's schema version from its `meta` table (0 for a file without one)."""
         row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         return int(row[0]) if row else 0
 
@@ -289,6 +290,8 @@ class Journal:
     # --- guarded writes --------------------------------------------------------------------------
 
     def stats(self) -> JournalStats:
+        """Write-path health: errors so far, rows waiting to be retried, rows dropped, whether writes
+        are failing now and the last error (exported as soakd_journal_* metrics)."""
         pending = self._pending
         return JournalStats(pending.errors_total, len(pending), pending.dropped_total,
                             pending.failing_since is not None, pending.last_error)
@@ -378,6 +381,8 @@ class Journal:
         return rotation_id
 
     def end_rotation(self, rotation_id: int, result: str, detail: str = "", ended_at: float | None = None) -> None:
+        """Close a rotation row: `result` is completed | stopped | failed | skipped, `ended_at` unix seconds (now
+        when None)."""
         self._write(Op("end_rotation", (ended_at or time.time(), result, detail, rotation_id)))
 
     def add_slice(self, rotation_id: int, row: SliceRow) -> int:
@@ -398,16 +403,21 @@ class Journal:
 
     def add_event(self, kind: str, detail: Mapping[str, Any] | str = "", source: str | None = None,
                   rotation_id: int | None = None, at: float | None = None) -> None:
+        """Journal one event (`kind`, a JSON or text `detail`, the telemetry `source` it came from);
+        `at` is unix seconds (now when None)."""
         text = detail if isinstance(detail, str) else _json(dict(detail))
         self._write(Op("add_event", (at or time.time(), rotation_id, kind, source, text)))
 
     def add_telemetry(self, at: float, rotation_id: int | None, power_watts: Mapping[str, float],
                       thermal_pressure: str | None, temperatures: Mapping[str, float]) -> None:
+        """Journal one telemetry row: power per component in watts, the thermal pressure level and
+        temperatures in degrees Celsius, at unix time `at`."""
         self._write(Op("add_telemetry", (at, rotation_id, _json(dict(power_watts)), thermal_pressure,
                                          _json(dict(temperatures)))))
 
     def add_micro_run(self, profile: str, summary: Mapping[str, Any], results: list[Mapping[str, Any]],
                       at: float | None = None) -> int:
+        """Journal one micro-benchmark run (its summary and one mapping per result); returns its id."""
         with self._lock:
             run_id = self._allocate("micro_runs")
             self._write(Op("add_micro_run", (run_id, at or time.time(), profile, _json(dict(summary)),
@@ -415,11 +425,13 @@ class Journal:
         return run_id
 
     def set_state(self, key: str, value: Any) -> None:
+        """Keep a JSON value under `key` (survives restarts; e.g. the cached CPU baseline)."""
         self._write(Op("set_state", (key, _json(value), time.time())))
 
     # --- reads ------------------------------------------------------------------------------
 
     def get_state(self, key: str) -> tuple[Any, float] | None:
+        """The value kept under `key` and the unix time it was written, or None."""
         with self._lock:
             row = self._db.execute("SELECT value, updated_at FROM state WHERE key=?", (key,)).fetchone()
         return (_loads(row["value"]), float(row["updated_at"])) if row else None
@@ -446,13 +458,17 @@ class Journal:
         return self.last_rotation_started_at
 
     def rotations(self, limit: int = 20, since: float | None = None) -> list[dict[str, Any]]:
+        """Rotation rows, newest first, at most `limit`, started at or after `since` (unix seconds)."""
         return self._select("rotations", [("started_at >= ?", since)], "id DESC", limit)
 
     def rotation(self, rotation_id: int) -> dict[str, Any] | None:
+        """One rotation row, or None when there is no such id."""
         rows = self._select("rotations", [("id = ?", rotation_id)], "id")
         return rows[0] if rows else None
 
     def slices(self, rotation_id: int | None = None, since: float | None = None) -> list[dict[str, Any]]:
+        """Slice rows (daemon/records.py columns, JSON decoded) in journal order, of one rotation
+        and/or started at or after `since` (unix seconds)."""
         return self._select("slices", [("rotation_id = ?", rotation_id), ("started_at >= ?", since)], "id",
                             json_columns=SLICE_JSON)
 
@@ -482,14 +498,17 @@ class Journal:
 
     def events(self, since: float | None = None, kind: str | None = None, limit: int = 1000,
                rotation_id: int | None = None) -> list[dict[str, Any]]:
+        """Event rows, newest first, at most `limit`, filtered by time, kind and rotation."""
         return self._select("events", [("time >= ?", since), ("kind = ?", kind), ("rotation_id = ?", rotation_id)],
                             "id DESC", limit)
 
     def telemetry(self, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+        """Telemetry rows between `since` and `until` (unix seconds, inclusive), oldest first."""
         return self._select("telemetry", [("time >= ?", since), ("time <= ?", until)], "time",
                             json_columns=("power_watts", "temperatures"))
 
     def micro_runs(self, limit: int = 5) -> list[dict[str, Any]]:
+        """The last `limit` micro-benchmark runs, newest first, summary and results decoded."""
         return self._select("micro_runs", [], "id DESC", limit, json_columns=("summary", "results"))
 
 

@@ -55,6 +55,7 @@ TELEMETRY_EVERY_S = 10.0  # journal a telemetry row this often during rotations
 
 @dataclass
 class Request:
+    """One unit of work for the executor: what to run and what asked for it."""
     kind: str  # rotation | micro | profile (choose it, before the first rotation)
     trigger: str  # schedule | signal | start
 
@@ -72,9 +73,11 @@ class Executor:
         self._thread = threading.Thread(target=self._loop, name="soakd-executor", daemon=True)
 
     def start(self) -> None:
+        """Start the executor thread."""
         self._thread.start()
 
     def submit(self, request: Request) -> bool:
+        """Queue `request`; False when the executor is closed or one of its kind already waits."""
         with self._cond:
             if self._closed:
                 return False
@@ -90,13 +93,17 @@ class Executor:
 
     @property
     def busy(self) -> Request | None:
+        """The request running now, or None."""
         return self._busy
 
     @property
     def alive(self) -> bool:
+        """Whether the executor thread is still running."""
         return self._thread.is_alive()
 
     def close(self, timeout: float) -> bool:
+        """Drop waiting requests, let the running one finish for up to `timeout` seconds; True when
+        the thread ended."""
         with self._cond:
             self._closed = True
             self._pending.clear()
@@ -123,6 +130,9 @@ class Executor:
 
 
 class Service:
+    """The daemon: journal, sampler, HTTP server, executor and scheduler, started in that order
+    by `run()` and stopped in reverse. Signals arrive through `inbox` (daemon/signals.py).
+    """
     def __init__(self, config: Config, config_path: Path | None, flags: dict[str, Any],
                  sampler_factory: Callable[[Config], Sampler] | None = None,
                  inbox: signals.SignalInbox | None = None) -> None:
