@@ -231,36 +231,34 @@ class Profile:
         return spec
 
 
-# heavy: seed 000's shapes and 20-minute phases (the attention batch is ours, see below);
-# reduced: seed 000's "not enough memory" settings (matrix 2048 -> 1024, image batch 8 -> 4).
+# heavy: seed 000's shapes and 20-minute phases (the attention batch is ours, see below).
+_HEAVY = Profile(
+    name="heavy",
+    matmul=MatmulSpec(batch=4, n=2048),
+    conv=ConvSpec(batch=8, size=1024),
+    # Heavy: batch 8, not 1: at batch 1 the 12-layer step is bound by kernel launches and left an
+    # H200 at 230-320 W of 700 (bare torch: batch 1 eager 22 TFLOP/s, batch 8 92 TFLOP/s at
+    # 665 W, 96 at 686 W as a CUDA graph; measured 2026-11-30). The seeds fix seq, d_model,
+    # heads and layers, not the batch.
+    attention=AttentionSpec(batch=8, seq=1024, d_model=512, heads=16, layers=12),
+    phase_seconds=20 * 60,
+    slice_seconds=60,
+    warmup_steps=3,
+    check_every=50,
+    cpu_baseline_seconds=60,
+    check_interval_seconds=10,
+)
+
 PROFILES: dict[str, Profile] = {
-    "heavy": Profile(
-        name="heavy",
-        matmul=MatmulSpec(batch=4, n=2048),
-        conv=ConvSpec(batch=8, size=1024),
-        # Heavy: batch 8, not 1: at batch 1 the 12-layer step is bound by kernel launches and left an
-        # H200 at 230-320 W of 700 (bare torch: batch 1 eager 22 TFLOP/s, batch 8 92 TFLOP/s at
-        # 665 W, 96 at 686 W as a CUDA graph; measured 2026-11-30). The seeds fix seq, d_model,
-        # heads and layers, not the batch.
-        attention=AttentionSpec(batch=8, seq=1024, d_model=512, heads=16, layers=12),
-        phase_seconds=20 * 60,
-        slice_seconds=60,
-        warmup_steps=3,
-        check_every=50,
-        cpu_baseline_seconds=60,
-        check_interval_seconds=10,
-    ),
-    "reduced": Profile(
+    "heavy": _HEAVY,
+    # reduced: seed 000's "not enough memory" settings (matrix 2048 -> 1024, image batch 8 -> 4),
+    # the seed's attention batch of 1; the heavy profile's durations.
+    "reduced": replace(
+        _HEAVY,
         name="reduced",
         matmul=MatmulSpec(batch=4, n=1024),
         conv=ConvSpec(batch=4, size=1024),
-        attention=AttentionSpec(batch=1, seq=1024, d_model=512, heads=16, layers=12),
-        phase_seconds=20 * 60,
-        slice_seconds=60,
-        warmup_steps=3,
-        check_every=50,
-        cpu_baseline_seconds=60,
-        check_interval_seconds=10,
+        attention=replace(_HEAVY.attention, batch=1),
     ),
     # For a host whose only backend is the CPU: the heavy conv step takes ~28 s on 2 cores, so
     # a heavy rotation runs for hours. These shapes take 0.05-0.8 s a step on 2 cores here
