@@ -54,7 +54,9 @@ from daemon.journal_schema import (
 )
 from daemon.journal_writes import (
     CONDITIONS_COLUMNS,
+    EVENT_COLUMNS,
     SLICE_COLUMNS,
+    TELEMETRY_COLUMNS,
     VERDICT_COLUMNS,
     Op,
     PendingWrites,
@@ -62,11 +64,12 @@ from daemon.journal_writes import (
     write_rows,
 )
 from daemon.log import get_logger
-from daemon.records import ConditionsRow, SliceRow, VerdictRow, json_columns
+from daemon.records import ConditionsRow, EventRow, SliceRow, TelemetryRow, VerdictRow, json_columns
 
 SLICE_JSON = json_columns(SliceRow)
 VERDICT_JSON = json_columns(VerdictRow)
 CONDITIONS_JSON = json_columns(ConditionsRow)
+TELEMETRY_JSON = json_columns(TelemetryRow)
 WRITE_BUSY_TIMEOUT_S = 1.0  # a write waits this long for another process's lock, then is queued
 OPEN_BUSY_TIMEOUT_S = 5.0  # at start the journal must be writable within this
 FULL_FLAG_ENV = "SOAKD_TEST_DISK_FULL_FILE"
@@ -381,8 +384,8 @@ class Journal:
         return rotation_id
 
     def end_rotation(self, rotation_id: int, result: str, detail: str = "", ended_at: float | None = None) -> None:
-        """Close a rotation row: `result` is completed | stopped | failed | skipped, `ended_at` unix seconds (now
-        when None)."""
+        """Close a rotation row: `result` is completed | stopped | failed | skipped; `ended_at` is
+        unix seconds (now when None)."""
         self._write(Op("end_rotation", (ended_at or time.time(), result, detail, rotation_id)))
 
     def add_slice(self, rotation_id: int, row: SliceRow) -> int:
@@ -406,14 +409,12 @@ class Journal:
         """Journal one event (`kind`, a JSON or text `detail`, the telemetry `source` it came from);
         `at` is unix seconds (now when None)."""
         text = detail if isinstance(detail, str) else _json(dict(detail))
-        self._write(Op("add_event", (at or time.time(), rotation_id, kind, source, text)))
+        row = EventRow(at or time.time(), rotation_id, kind, source, text)
+        self._write(Op("add_event", _values(row, EVENT_COLUMNS, ())))
 
-    def add_telemetry(self, at: float, rotation_id: int | None, power_watts: Mapping[str, float],
-                      thermal_pressure: str | None, temperatures: Mapping[str, float]) -> None:
-        """Journal one telemetry row: power per component in watts, the thermal pressure level and
-        temperatures in degrees Celsius, at unix time `at`."""
-        self._write(Op("add_telemetry", (at, rotation_id, _json(dict(power_watts)), thermal_pressure,
-                                         _json(dict(temperatures)))))
+    def add_telemetry(self, row: TelemetryRow) -> None:
+        """Journal one telemetry row (daemon/records.TelemetryRow)."""
+        self._write(Op("add_telemetry", _values(row, TELEMETRY_COLUMNS, TELEMETRY_JSON)))
 
     def add_micro_run(self, profile: str, summary: Mapping[str, Any], results: list[Mapping[str, Any]],
                       at: float | None = None) -> int:
@@ -505,7 +506,7 @@ class Journal:
     def telemetry(self, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
         """Telemetry rows between `since` and `until` (unix seconds, inclusive), oldest first."""
         return self._select("telemetry", [("time >= ?", since), ("time <= ?", until)], "time",
-                            json_columns=("power_watts", "temperatures"))
+                            json_columns=TELEMETRY_JSON)
 
     def micro_runs(self, limit: int = 5) -> list[dict[str, Any]]:
         """The last `limit` micro-benchmark runs, newest first, summary and results decoded."""

@@ -24,30 +24,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.records import ConditionsRow, SliceRow, VerdictRow, sql_columns
+from daemon.records import ConditionsRow, EventRow, SliceRow, TelemetryRow, VerdictRow, sql_columns
 
 SLICE_COLUMNS: tuple[str, ...] = tuple(name for name, _ in sql_columns(SliceRow))
 VERDICT_COLUMNS: tuple[str, ...] = tuple(name for name, _ in sql_columns(VerdictRow))
 CONDITIONS_COLUMNS: tuple[str, ...] = tuple(name for name, _ in sql_columns(ConditionsRow))
+EVENT_COLUMNS: tuple[str, ...] = tuple(name for name, _ in sql_columns(EventRow))
+TELEMETRY_COLUMNS: tuple[str, ...] = tuple(name for name, _ in sql_columns(TelemetryRow))
 
 
 def _insert(table: str, columns: tuple[str, ...]) -> str:
-    """INSERT of a rotation's typed row: (rotation_id, *columns)."""
-    return (f"INSERT INTO {table}(rotation_id, {', '.join(columns)}) "
-            f"VALUES ({', '.join('?' for _ in range(len(columns) + 1))})")
+    """INSERT of one row: its parameters are `columns`, in order."""
+    return f"INSERT INTO {table}({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
 
 
 # The only statements a queued row (or a spill file) can run.
 OP_SQL: dict[str, str] = {
     "start_rotation": "INSERT INTO rotations(id, started_at, profile, trigger, backends) VALUES (?, ?, ?, ?, ?)",
     "end_rotation": "UPDATE rotations SET ended_at=?, result=?, detail=? WHERE id=?",
-    "add_slice": (f"INSERT INTO slices(id, rotation_id, {', '.join(SLICE_COLUMNS)}) "
-                  f"VALUES ({', '.join('?' for _ in range(len(SLICE_COLUMNS) + 2))})"),
-    "add_verdict": _insert("verdicts", VERDICT_COLUMNS),
-    "add_conditions": _insert("conditions", CONDITIONS_COLUMNS),
-    "add_event": "INSERT INTO events(time, rotation_id, kind, source, detail) VALUES (?, ?, ?, ?, ?)",
-    "add_telemetry": ("INSERT INTO telemetry(time, rotation_id, power_watts, thermal_pressure, temperatures) "
-                      "VALUES (?, ?, ?, ?, ?)"),
+    "add_slice": _insert("slices", ("id", "rotation_id", *SLICE_COLUMNS)),
+    "add_verdict": _insert("verdicts", ("rotation_id", *VERDICT_COLUMNS)),
+    "add_conditions": _insert("conditions", ("rotation_id", *CONDITIONS_COLUMNS)),
+    "add_event": _insert("events", EVENT_COLUMNS),
+    "add_telemetry": _insert("telemetry", TELEMETRY_COLUMNS),
     "add_micro_run": "INSERT INTO micro_runs(id, time, profile, summary, results) VALUES (?, ?, ?, ?, ?)",
     "set_state": "INSERT OR REPLACE INTO state(key, value, updated_at) VALUES (?, ?, ?)",
 }

@@ -1,4 +1,6 @@
-"""Journal rows, typed and defined once: the journal's table schema is derived from them.
+"""Journal rows, typed and defined once: the journal's table schema is derived from them
+(slices, verdicts, conditions) or, for the version-1 tables (events, telemetry), checked
+against them by a test; every INSERT is built from the row's fields.
 
 A slice row holds what the worker measured (workloads.runner.SliceResult, built from the typed
 worker protocol) plus what only the daemon knows (rotation, energy, thermal time). JSON
@@ -181,6 +183,37 @@ class ConditionsRow:
     started_hot: bool | None = None
     hot_sensors: list[str] = field(default_factory=list, metadata={"json": True})
     other_cpu_ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One event in the journal (table `events`; its `id` is SQLite's).
+
+    `time` unix seconds; `rotation_id` the rotation running then (None between rotations);
+    `kind` what happened (throttle, source_up, source_down, fallback, device_outlier, ...);
+    `source` the telemetry source that reported it, if one did; `detail` a JSON object or text.
+    """
+
+    time: float
+    rotation_id: int | None
+    kind: str
+    source: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class TelemetryRow:
+    """One telemetry row in the journal (table `telemetry`), written every 10 s of a rotation.
+
+    `time` unix seconds; `power_watts` {component: W} summed over sources; `thermal_pressure`
+    the level (daemon/levels.py) or None; `temperatures` {"source/sensor": °C}.
+    """
+
+    time: float
+    rotation_id: int | None
+    power_watts: dict[str, float] = field(default_factory=dict, metadata={"json": True})
+    thermal_pressure: str | None = None
+    temperatures: dict[str, float] = field(default_factory=dict, metadata={"json": True})
 
 
 def finite(value: float | None) -> float | None:

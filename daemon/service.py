@@ -42,6 +42,7 @@ from daemon.journal import JournalError, JournalLocked, open_for_daemon
 from daemon.log import get_logger
 from daemon.phase_verdicts import VerdictSettings
 from daemon.recorder import Recorder, plan_from_config
+from daemon.records import TelemetryRow
 from daemon.sampler import Sampler, default_sources
 from workloads.backends import auto_candidates, parse_backends, resolve_backends
 from workloads.host import host_info
@@ -515,7 +516,7 @@ class Service:
             for (_source, component), watts in snap.power_watts.items():
                 power[component] = power.get(component, 0.0) + watts
             temps = {f"{s}/{n}": c for (s, n), c in snap.temperatures_celsius.items()}
-            self.journal.add_telemetry(now, self._rotation_id, power, level, temps)
+            self.journal.add_telemetry(TelemetryRow(now, self._rotation_id, power, level, temps))
         if changed:  # `soakd status` reads this; no write while nothing changes
             self.journal.set_state("sources", {name: {"up": h.up, "reason": h.reason}
                                                for name, h in snap.health.items()})

@@ -30,7 +30,7 @@ SMALL_JOURNAL = """
 import sys, time
 from pathlib import Path
 from daemon.journal import Journal
-from daemon.records import SliceRow
+from daemon.records import SliceRow, TelemetryRow
 journal = Journal(Path(sys.argv[1]) / "journal.sqlite3")
 start = time.time() - 120
 rotation = journal.start_rotation("ci", "schedule", "cpu", started_at=start)
@@ -41,7 +41,7 @@ for i, phase in enumerate(("matmul", "matmul", "conv", "conv")):
         flop=3e10 * (1 - 0.05 * (i % 2)), energy_joules={"package-0": 60.0, "dram": 6.0},
         thermal_seconds={"nominal": 4.0}, checks=1))
 for i in range(6):
-    journal.add_telemetry(start + 4 * i, rotation, {"package-0": 15.0 + i, "dram": 1.5}, "nominal", {})
+    journal.add_telemetry(TelemetryRow(start + 4 * i, rotation, {"package-0": 15.0 + i, "dram": 1.5}, "nominal"))
 journal.end_rotation(rotation, "completed", ended_at=start + 25)
 journal.close()
 """

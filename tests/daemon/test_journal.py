@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from daemon.journal import (
     open_for_daemon,
 )
 from daemon.journal_writes import Op, PendingWrites, read_spill
-from daemon.records import SliceRow, sql_columns
+from daemon.records import EventRow, SliceRow, TelemetryRow, sql_columns
 
 
 def test_wal_schema_and_round_trip(tmp_path: Path) -> None:
@@ -71,13 +72,38 @@ def test_missing_journal_readonly_is_a_clear_error(tmp_path: Path) -> None:
         Journal(tmp_path / "none.sqlite3", readonly=True)
 
 
+def _table_columns(path: Path, table: str) -> list[tuple[str, str, bool]]:
+    with sqlite3.connect(path) as db:
+        return [(row[1], row[2], bool(row[3])) for row in db.execute(f"PRAGMA table_info({table})")]
+
+
+def _typed_columns(row_type: type) -> list[tuple[str, str, bool]]:
+    return [(name, sql.split()[0], sql.endswith("NOT NULL")) for name, sql in sql_columns(row_type)]
+
+
 def test_slices_table_is_the_typed_row(tmp_path: Path) -> None:
     """The journal's slices table is derived from SliceRow: the same columns, in order."""
     Journal(tmp_path / "j.sqlite3").close()
-    with sqlite3.connect(tmp_path / "j.sqlite3") as db:
-        columns = [(row[1], row[2], bool(row[3])) for row in db.execute("PRAGMA table_info(slices)")]
-    expected = [(name, sql.split()[0], sql.endswith("NOT NULL")) for name, sql in sql_columns(SliceRow)]
-    assert columns == [("id", "INTEGER", False), ("rotation_id", "INTEGER", True), *expected]
+    assert _table_columns(tmp_path / "j.sqlite3", "slices") == [
+        ("id", "INTEGER", False), ("rotation_id", "INTEGER", True), *_typed_columns(SliceRow)]
+
+
+@pytest.mark.parametrize(("table", "row_type", "leading"), [
+    ("events", EventRow, [("id", "INTEGER", False)]), ("telemetry", TelemetryRow, [])])
+def test_event_and_telemetry_tables_are_the_typed_rows(tmp_path: Path, table: str, row_type: type,
+                                                       leading: list[tuple[str, str, bool]]) -> None:
+    """The version-1 events and telemetry tables have exactly the typed rows' columns (names, types,
+    NOT NULL), so a row written from EventRow/TelemetryRow reads back field for field."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    assert _table_columns(tmp_path / "j.sqlite3", table) == [*leading, *_typed_columns(row_type)]
+    journal.add_event("throttle", {"reason": "sw_power_cap"}, source="nvml", rotation_id=None, at=5.0)
+    journal.add_telemetry(TelemetryRow(6.0, None, {"gpu0": 690.5}, "nominal", {"nvml/gpu0": 54.0}))
+    (event,) = journal.events(kind="throttle")
+    assert (event["time"], event["source"], json.loads(event["detail"])) == (5.0, "nvml", {"reason": "sw_power_cap"})
+    (row,) = journal.telemetry()
+    assert row["power_watts"] == {"gpu0": 690.5} and row["temperatures"] == {"nvml/gpu0": 54.0}
+    assert row["thermal_pressure"] == "nominal" and row["time"] == 6.0
+    journal.close()
 
 
 def test_version_1_journal_is_migrated(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from cli_helpers import run_main
 from daemon_process import REPO, Daemon, write_config
 
 from daemon.journal import Journal
-from daemon.records import SliceRow
+from daemon.records import SliceRow, TelemetryRow
 from daemon.report import (
     INSTALL_HINT,
     Lane,
@@ -221,8 +221,8 @@ def journal_path(tmp_path: Path) -> Path:
                                        "detail": "<b>Core ML</b> prediction needs macOS"},
                           rotation_id=r2, at=t + 11)
         for i, level in enumerate(("nominal", "moderate", "heavy", "moderate", "surprising")):
-            journal.add_telemetry(t + 3 * i, r2, {"combined": 10.0 + i, "cpu": 4.0, "gpu": 6.0 + i, "ane": 0.0},
-                                  level, {})
+            journal.add_telemetry(TelemetryRow(t + 3 * i, r2, {"combined": 10.0 + i, "cpu": 4.0, "gpu": 6.0 + i,
+                                                               "ane": 0.0}, level))
         journal.end_rotation(r2, "completed", detail="<script>alert(1)</script>", ended_at=t + 15)
 
         r3 = journal.start_rotation("heavy", "schedule", "auto", started_at=NOW - 600)
