@@ -1,6 +1,6 @@
 """Journal rows, typed and defined once: the journal's table schema is derived from them
 (slices, verdicts, conditions) or, for the version-1 tables (events, telemetry), checked
-against them by a test; every INSERT is built from the row's fields.
+against them by a test; the INSERT of each of these rows is built from its fields.
 
 A slice row holds what the worker measured (workloads.runner.SliceResult, built from the typed
 worker protocol) plus what only the daemon knows (rotation, energy, thermal time). JSON
