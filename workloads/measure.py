@@ -2,9 +2,11 @@
 
 Independent of processes, so tests can drive it with a fake device. Time is measured in
 segments (~0.25 s) that start and end on a synchronised device, so queued work is never
-counted in the wrong segment; the reference check and the memory sample run between
-segments and are not part of the measured time (they are part of the load gap, which the
-parent measures from the segments' `started`/`ended` stamps).
+counted in the wrong segment. On an asynchronous device a segment ends once its budget's work
+is queued, so a slice ends within a step of its duration, not a launch queue later. The
+reference check and the memory sample run between segments and are not part of the measured
+time (they are part of the load gap, which the parent measures from the segments'
+`started`/`ended` stamps).
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class CheckState:
     last_check_measured: float = 0.0
     device_references: dict[str, Any] = field(default_factory=dict)  # the reference, moved once
     step_seconds: float = 0.0  # a typical step's duration, to size timing groups
+    segment_step_seconds: float = 0.0  # the last segment's mean step (device time): queued work
     groups: int = 0  # timing groups run so far (every SAMPLE_EVERY_GROUPS-th is timed per step)
 
 
@@ -117,6 +120,15 @@ def check(workload: PreparedWorkload, state: CheckState, emit: Emit) -> None:
     limit = tolerance(workload.spec, workload.precision)
     state.last_check, state.last_check_measured = state.steps_total, state.measured
     emit(Check(step=state.steps_total, relative_error=error, tolerance=limit, ok=error <= limit))
+
+
+def _queued_enough(done: int, state: CheckState, budget: float) -> bool:
+    """On an asynchronous clock the host runs ahead of the device (a CUDA launch queue holds
+    seconds of heavy steps), so the host's clock cannot end a segment: it ends once the work
+    queued, `done` steps at the last segment's mean step (else the warm-up's last step), fills
+    `budget` seconds. With no estimate yet the first group ends the segment, which gives one."""
+    step_seconds = state.segment_step_seconds or state.step_seconds
+    return step_seconds <= 0 or done * step_seconds >= budget
 
 
 def _due(state: CheckState, every: int, interval_s: float = 0.0) -> bool:
@@ -210,6 +222,8 @@ def measure(
                 break
             if now() - started >= budget or should_stop():
                 break
+            if overlap and _queued_enough(done, state, budget):
+                break
         if deferred is not None:  # a segment too short to hide it in
             deferred()
             deferred = None
@@ -218,6 +232,8 @@ def measure(
         seconds = ended - started
         measured += seconds
         steps += done
+        if done:
+            state.segment_step_seconds = seconds / done
         state.steps_total += done
         state.measured += seconds
         deferred = partial(report, marks, timed, done, seconds, started, ended)

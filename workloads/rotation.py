@@ -18,7 +18,8 @@ This is the one small interface the daemon uses (`RotationRunner` with an event 
 - **No CPU baseline in the hot hour** (workloads/baseline.py): it runs before the first phase.
 
 Every slice's turn is timed: the time in a phase with no measured step running is the load gap
-(`SliceResult.gap_seconds`), reported per slice.
+(`SliceResult.gap_seconds`), reported per slice. A phase keeps to its configured time: a slice
+is shortened by what earlier slices of the phase lost (`RotationRunner._slice_seconds`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ FALLBACK_REASONS = frozenset({
 })
 # A worker that died or hung: replaced once per phase; a second time, the lane falls back.
 CRASH_REASONS = frozenset({"killed", "overrun", "worker_exit"})
+# A slice shortened to keep its phase on time still measures at least this share of a slice.
+MIN_SLICE_SHARE = 0.5
 
 
 
@@ -304,16 +307,18 @@ class RotationRunner:
         slices = len(rounds)
         planned = self.plan.profile.phase_seconds if self.plan.steps is None else 0.0
         phase_started = time.monotonic()
+        deadline = phase_started + planned if planned > 0 else None
         self._emit(None, PhaseStarted(phase, precision, planned, phase_started, slices))
         for index, round_ in enumerate(rounds):
             if self.stop.is_set():
                 break
             turn_started = time.monotonic()
             if len(round_) == 1:
-                self._run_lane_slice(round_[0], phase, precision, turn_started, index, slices)
+                self._run_lane_slice(round_[0], phase, precision, turn_started, index, slices, deadline=deadline)
             else:
                 threads = [threading.Thread(target=self._run_lane_slice,
-                                            args=(lane, phase, precision, turn_started, index, slices, True))
+                                            args=(lane, phase, precision, turn_started, index, slices, True,
+                                                  deadline))
                            for lane in round_]
                 for thread in threads:
                     thread.start()
@@ -335,7 +340,8 @@ class RotationRunner:
                             lane.device, lane.baseline, slice_id, concurrent)
 
     def _run_lane_slice(self, lane: _Lane, phase: str, precision: str, turn_started: float,
-                        index: int, slices: int, concurrent: bool = False) -> None:
+                        index: int, slices: int, concurrent: bool = False,
+                        deadline: float | None = None) -> None:
         plan, profile = self.plan, self.plan.profile
         while lane.current is not None and not self.stop.is_set():
             backend = lane.current
@@ -356,7 +362,8 @@ class RotationRunner:
             lane.first_events = []
             ready = worker.prepared or worker.failure or worker.await_prepared(
                 profile.prepare_timeout_seconds, self.stop, deliver)
-            duration = profile.cpu_baseline_seconds if lane.baseline else profile.slice_seconds
+            duration = profile.cpu_baseline_seconds if lane.baseline else self._slice_seconds(
+                deadline, slices - index)
             command = RunSlice(slice_id=slice_id,
                                duration_s=None if plan.steps is not None else duration,
                                max_steps=plan.steps,
@@ -389,6 +396,21 @@ class RotationRunner:
                 self._fall_back(lane, context, outcome.reason, outcome.detail)
                 continue
             return  # stopped
+
+    def _slice_seconds(self, deadline: float | None, rounds_left: int) -> float:
+        """A slice's measured seconds: the profile's slice, or less to end the phase on time.
+
+        What is left until the phase's deadline is shared among the rounds still to run, so the
+        time a phase loses to a warm-up, a worker's start, a hand-over or a slice's last step is
+        taken from its own later slices, not added to the rotation (its wall time is the sum of
+        its phase times). Never under MIN_SLICE_SHARE of a slice; the whole slice without a
+        deadline (a fixed step count).
+        """
+        full = self.plan.profile.slice_seconds
+        if deadline is None:
+            return full
+        share = (deadline - time.monotonic()) / max(rounds_left, 1)
+        return max(MIN_SLICE_SHARE * full, min(full, share))
 
     def _deliver(self, context: SliceContext, result: SliceResult) -> Callable[[WorkerEvent], None]:
         def deliver(event: WorkerEvent) -> None:

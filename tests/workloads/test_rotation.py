@@ -21,6 +21,7 @@ from workloads.protocol import Failure
 from workloads.rotation import (
     BaselineReused,
     FallbackTaken,
+    PhaseEnded,
     PhaseStarted,
     RotationEvent,
     RotationPlan,
@@ -237,6 +238,29 @@ def test_concurrent_slices_run_together(two_plain: None) -> None:
         assert sorted(b for b, _ in turns[i:i + 2]) == ["plain", "plain2"]
         assert turns[i][1] == turns[i + 1][1]
     assert [(r.backend, r.slices) for r in results if not r.baseline] == [("plain", 4), ("plain2", 4)]
+
+
+def test_a_phase_keeps_to_its_time_when_a_warm_up_runs_in_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second phase's worker warms up inside the phase (0.6 s): its later slices give that
+    time back, so the phase still ends after its configured 4 s (4 slices of 1 s: 4.6 s
+    without), and the first phase, warmed before it started, runs whole slices."""
+    fb.register(monkeypatch, **{fb.SlowWarmupBackend.name: fb.SlowWarmupBackend})
+    profile = get_profile("ci", {"phase_seconds": 4.0, "slice_seconds": 1.0})
+    plan = RotationPlan(profile=profile, backends=[fb.SlowWarmupBackend.name], phases=["matmul", "conv"],
+                        precisions=["fp32"], in_process=True, cpu_baseline="off")
+    events: list[tuple[SliceContext | None, RotationEvent]] = []
+    RotationRunner(plan, lambda c, e: events.append((c, e))).run()
+    walls = {e.phase: e.wall_seconds for _, e in events if isinstance(e, PhaseEnded)}
+    assert 4.0 <= walls["conv"] < 4.0 + 0.4
+    slices = {phase: [e.result.seconds for c, e in events
+                      if c is not None and c.phase == phase and isinstance(e, SliceEnded)]
+              for phase in walls}
+    assert slices["matmul"] == pytest.approx([1.0] * 4, abs=0.1)
+    assert len(slices["conv"]) == 4
+    assert slices["conv"][0] == pytest.approx(1.0, abs=0.1)  # the warm-up is not measured time
+    # the later slices gave the warm-up back (and whatever the boundaries cost on a busy host)
+    assert sum(slices["conv"][1:]) <= 3 * 1.0 - fb.SLOW_WARMUP_S + 0.1
+    assert all(0.5 <= seconds < 1.0 for seconds in slices["conv"][1:])
 
 
 def test_round_shapes() -> None:
