@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import psutil
 import pytest
 import torch
 
@@ -438,19 +439,40 @@ def test_worker_that_overruns_is_killed() -> None:
     assert run.seconds < 30
 
 
+def stop_once_a_worker_is_busy(stop: threading.Event, cpu_seconds: float) -> None:
+    """Set `stop` (in a thread) once a child process of this one has used `cpu_seconds` of CPU.
+
+    CPU time, not a timer: on a loaded 2-core machine a worker's start took over the 10 s a
+    timer gave it, and the stop landed before the worker's first case."""
+    def watch() -> None:
+        me = psutil.Process()
+        while not stop.is_set():
+            for child in me.children(recursive=True):
+                try:
+                    used = child.cpu_times()
+                except psutil.Error:
+                    continue
+                if used.user + used.system >= cpu_seconds:
+                    stop.set()
+            stop.wait(0.1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 @pytest.mark.slow
 def test_stop_kills_the_worker_and_runs_nothing_more(monkeypatch: pytest.MonkeyPatch) -> None:
     register(monkeypatch, MicroPlainBackend)
     stop = threading.Event()
-    # 10 s: past the worker's start and its 3 s device warm-up, inside the first case's minutes
-    timer = threading.Timer(10.0, stop.set)
-    timer.start()
+    # 12 CPU-seconds: past the worker's start (torch import, ~3 s) and its 3 s device warm-up
+    # (on every core), inside the first case's minutes (10^8 iterations of a 64x64 matmul, at
+    # ~6 us each here; at 10^6 the case ended 1 s after a stop and the worker stopped cleanly)
+    stop_once_a_worker_is_busy(stop, cpu_seconds=12.0)
     try:
         run = run_micro_in_worker(["cpu", "micro-plain-fake"],
-                                  get_micro_profile("heavy", iterations=1_000_000), stop=stop,
+                                  get_micro_profile("heavy", iterations=100_000_000), stop=stop,
                                   categories=("matmul",))
     finally:
-        timer.cancel()
+        stop.set()
     assert run.stopped
     assert run.failures == {"cpu": run.failures["cpu"]}
     assert run.failures["cpu"].startswith("stopped:")
