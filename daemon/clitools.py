@@ -14,8 +14,9 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import NoReturn
 
 EX_OK = 0
@@ -134,3 +135,26 @@ def silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     finally:
         os.close(devnull)
+
+
+def write_or_check(files: Mapping[str, str], folder: Path, check: bool, regenerate: str) -> int:
+    """Write generated `files` (relative name -> text, UTF-8) under `folder`, or with `check`
+    only compare them with what is there; the repository's generators of committed files
+    (grafana/generate.py, launchd/render_examples.py) share it.
+
+    Returns EX_OK, or EX_FAILURE after naming the missing or differing files on stderr with
+    `regenerate`, the command that rewrites them. Raises OSError when a file cannot be written.
+    """
+    stale: list[str] = []
+    for name, text in files.items():
+        path = folder / name
+        if check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(name)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    if stale:
+        print(f"out of date: {', '.join(stale)} (run {regenerate})", file=sys.stderr)
+        return EX_FAILURE
+    return EX_OK

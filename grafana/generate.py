@@ -5,9 +5,10 @@
     python grafana/generate.py --check   # exit 1 if a committed file differs from the output
 
 The committed JSON must equal this script's output (tests/grafana/test_dashboards.py checks it).
-Only the standard library and daemon/levels.py (the thermal level names) are used. Every
-metric and label in a query must exist in `daemon/metric_catalog.py` or be a recorded series
-from `grafana/prometheus/rules/soakd-recording.yml`; the tests check that too.
+Only the standard library, daemon/levels.py (the thermal level names) and daemon/clitools.py
+(writing or checking the files) are used. Every metric and label in a query must exist in
+`daemon/metric_catalog.py` or be a recorded series from
+`grafana/prometheus/rules/soakd-recording.yml`; the tests check that too.
 
 Template variables ($instance, $phase, $backend, $precision) are always matched with `=~`,
 so "All" (a regex) and multi-value selections work; `$__rate_interval` and `$__range` are
@@ -33,6 +34,8 @@ from soakd_dashboards.fleet import fleet  # noqa: E402
 from soakd_dashboards.power_thermal import power_thermal  # noqa: E402
 from soakd_dashboards.stability import stability  # noqa: E402
 
+from daemon.clitools import write_or_check  # noqa: E402
+
 DASHBOARDS = {
     "soakd-stability.json": stability,
     "soakd-power-thermal.json": power_thermal,
@@ -53,20 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not write; exit 1 if a committed file differs")
     parser.add_argument("--out", type=Path, default=DASHBOARD_DIR, help="output folder")
     args = parser.parse_args(argv)
-    stale: list[str] = []
-    for name, text in render_all().items():
-        path: Path = args.out / name
-        if args.check:
-            if not path.exists() or path.read_text(encoding="utf-8") != text:
-                stale.append(name)
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    if stale:
-        print(f"out of date: {', '.join(stale)} (run python grafana/generate.py)",
-              file=sys.stderr)
-        return 1
-    return 0
+    return write_or_check(render_all(), args.out, args.check, "python grafana/generate.py")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ EXAMPLES = HERE / "examples"
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
+from daemon.clitools import write_or_check  # noqa: E402
 from daemon.install.render import make_plan  # noqa: E402
 from daemon.install.spec import ServiceSpec  # noqa: E402
 
@@ -53,21 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="do not write; exit 1 if an example differs")
     args = parser.parse_args(argv)
-    stale = []
-    for name, text in render_all().items():
-        path = EXAMPLES / name
-        if args.check:
-            if not path.is_file() or path.read_text(encoding="utf-8") != text:
-                stale.append(name)
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    if stale:
-        print(f"out of date: {', '.join(stale)} (run python launchd/render_examples.py)", file=sys.stderr)
-        return 1
-    return 0
-
-
+    return write_or_check(render_all(), EXAMPLES, args.check, "python launchd/render_examples.py")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
-"""The helpers every command shares: comma lists, durations, --since, exit codes."""
+"""The helpers every command shares: comma lists, durations, --since, exit codes, generated files."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from daemon import clitools
-from daemon.clitools import comma_list, parse_duration, parse_since
+from daemon.clitools import comma_list, parse_duration, parse_since, write_or_check
 
 
 def test_parse_since() -> None:
@@ -53,3 +54,18 @@ def test_device_indices() -> None:
     for bad in ("", "gpu0", "-1", [True], [], 3):
         with pytest.raises(ValueError):
             clitools.device_indices(bad)  # type: ignore[arg-type]
+
+
+def test_write_or_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Generated files: --check names what is missing or differs and fails; writing makes the
+    check pass."""
+    files = {"a.json": "{}\n", "sub/b.plist": "<plist/>\n"}
+    (tmp_path / "a.json").write_text("{ }\n", encoding="utf-8")
+    assert write_or_check(files, tmp_path, check=True, regenerate="python gen.py") == clitools.EX_FAILURE
+    assert capsys.readouterr().err == "out of date: a.json, sub/b.plist (run python gen.py)\n"
+    assert (tmp_path / "a.json").read_text(encoding="utf-8") == "{ }\n"  # a check writes nothing
+    assert not (tmp_path / "sub").exists()
+    assert write_or_check(files, tmp_path, check=False, regenerate="python gen.py") == clitools.EX_OK
+    assert (tmp_path / "sub/b.plist").read_text(encoding="utf-8") == "<plist/>\n"
+    assert write_or_check(files, tmp_path, check=True, regenerate="python gen.py") == clitools.EX_OK
+    assert capsys.readouterr().err == ""
