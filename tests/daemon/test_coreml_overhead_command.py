@@ -116,7 +116,7 @@ def test_once_with_coreml_ane_falls_back_with_its_reason(tmp_path: Path) -> None
         fallback = row["fallback"]
         assert fallback["from"] == "coreml-ane" and fallback["to"] == "cpu"
         assert fallback["reason"] == "unavailable"
-        assert fallback["detail"] == "Core ML prediction needs macOS (this is Linux)"
+        assert fallback["detail"] == "Core ML prediction needs macOS 13.0+ (this is Linux)"
         assert [(h["from"], h["to"]) for h in fallback["hops"]] == [("coreml-ane", "mps"),
                                                                      ("mps", "cpu")]
     overhead = document["coreml_conversion_overhead"]

@@ -142,7 +142,7 @@ def on_a_mac(monkeypatch: pytest.MonkeyPatch, cache: Path) -> StandIns:
 def test_probe_says_core_ml_needs_macos(name: str) -> None:
     availability = get_backend(name).available()
     assert not availability.ok
-    assert availability.reason == f"Core ML prediction needs macOS (this is {__import__('platform').system()})"
+    assert availability.reason == f"Core ML prediction needs macOS 13.0+ (this is {__import__('platform').system()})"
     with pytest.raises(BackendFailure) as caught:
         get_backend(name).prepare(CI.spec("matmul"), "fp16", 0)
     assert caught.value.reason == "unavailable"
@@ -310,6 +310,25 @@ def test_a_load_failure_is_a_recorded_failure(on_a_mac: StandIns,
         CoreMLBackend("coreml-all").prepare(CI.spec("matmul"), "fp16", 0)
     assert caught.value.reason == "runtime_error"
     assert "with ALL failed" in caught.value.detail and "Error computing" in caught.value.detail
+
+
+def test_macos_version_refusals_name_what_is_needed_and_what_is_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(coreml_backend.platform, "system", lambda: "Linux")
+    for host, minimum, subject, reason in [
+        (None, coreml_backend.MIN_MACOS, "Core ML prediction", "Core ML prediction needs macOS 13.0+ (this is Linux)"),
+        ((12, 6), coreml_backend.MIN_MACOS, "Core ML prediction",
+         "Core ML prediction needs macOS 13.0+ (this is macOS 12.6)"),
+        ((14, 2), coreml_backend.COMPUTE_PLAN_MACOS, "MLComputePlan",
+         "MLComputePlan needs macOS 14.4+ (this is macOS 14.2)"),
+    ]:
+        monkeypatch.setattr(coreml_backend, "_host_macos", lambda host=host: host)
+        refusal = coreml_backend._needs_macos(minimum, subject)
+        assert refusal is not None and not refusal.ok and refusal.reason == reason
+    for host in [(13, 0), (14, 4), (15, 1)]:
+        monkeypatch.setattr(coreml_backend, "_host_macos", lambda host=host: host)
+        assert coreml_backend._needs_macos(coreml_backend.MIN_MACOS, "Core ML prediction") is None
+    monkeypatch.setattr(coreml_backend, "_host_macos", lambda: (14, 3, 1))
+    assert not coreml_backend.compute_plan_availability().ok
 
 
 # --- MLComputePlan evidence for both attention variants (bookkeeping: test_placement.py) ---

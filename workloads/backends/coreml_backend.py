@@ -111,12 +111,9 @@ def _fmt_version(version: tuple[int, ...]) -> str:
 @cache
 def runtime_availability() -> Availability:
     """Whether Core ML prediction can run here, with the reason when it cannot."""
-    if sys.platform != "darwin":
-        return Availability.no(f"Core ML prediction needs macOS (this is {platform.system()})")
-    version = macos_version()
-    if version < MIN_MACOS:
-        return Availability.no(f"the Core ML backends need macOS 13 or later "
-                               f"(this is macOS {_fmt_version(version)})")
+    refusal = _needs_macos(MIN_MACOS, "Core ML prediction")
+    if refusal is not None:
+        return refusal
     try:
         import coremltools  # noqa: F401
     except Exception as exc:
@@ -211,14 +208,21 @@ def _host_macos() -> tuple[int, ...] | None:
     return macos_version() if sys.platform == "darwin" else None
 
 
+def _needs_macos(minimum: tuple[int, ...], subject: str) -> Availability | None:
+    """Availability.no saying that `subject` needs macOS `minimum`+ and what this host is;
+    None on macOS `minimum` or later."""
+    version = _host_macos()
+    if version is not None and version >= minimum:
+        return None
+    here = platform.system() if version is None else f"macOS {_fmt_version(version)}"
+    return Availability.no(f"{subject} needs macOS {_fmt_version(minimum)}+ (this is {here})")
+
+
 def compute_plan_availability() -> Availability:
     """Whether MLComputePlan can be read here (macOS 14.4+ and coremltools 8.0+)."""
-    version = _host_macos()
-    if version is None:
-        return Availability.no(f"MLComputePlan needs macOS 14.4+ (this is {platform.system()})")
-    if version < COMPUTE_PLAN_MACOS:
-        return Availability.no(f"MLComputePlan needs macOS 14.4+ "
-                               f"(this is macOS {_fmt_version(version)})")
+    refusal = _needs_macos(COMPUTE_PLAN_MACOS, "MLComputePlan")
+    if refusal is not None:
+        return refusal
     try:
         from coremltools.models.compute_plan import MLComputePlan  # noqa: F401
     except Exception as exc:
