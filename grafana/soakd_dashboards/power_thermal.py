@@ -178,6 +178,39 @@ def power_thermal() -> Dashboard:
                    "{{kind}} · {{instance}}"),
             width=24,
         ),
+        Row("Hardware errors"),
+        bargauge(
+            "Hardware error counts",
+            "Each device's error counters as it reports them (NVML): xid since soakd started, "
+            "volatile ECC corrected/uncorrected since the driver loaded, PCIe replays, remapped "
+            "rows correctable/uncorrectable over the GPU's life. A counter the device does not "
+            "support is absent (soakd_reading_unavailable says why), never shown as 0.",
+            "short",
+            Target(f"max by (instance, source, device, kind) (soakd_hardware_errors_total"
+                   f"{{{F_INSTANCE}}})", "{{kind}} {{device}} ({{source}}) · {{instance}}"),
+            width=8, height=6,
+        ),
+        timeseries(
+            "New hardware errors",
+            "Errors counted per interval while soakd watched (increase of "
+            "soakd_hardware_errors_total); any fires SoakdHardwareErrors. The journal's "
+            "hardware_error event names the phase that was running.",
+            "short",
+            Target(f"sum by (instance, source, device, kind) (increase(soakd_hardware_errors_total"
+                   f"{{{F_INSTANCE}}}[$__rate_interval]))",
+                   "{{kind}} {{device}} ({{source}}) · {{instance}}"),
+            width=8, height=6, bars=True,
+        ),
+        state_timeline(
+            "Row remapping",
+            "row_remap_pending: a memory row waits for a GPU reset to be remapped "
+            "(SoakdRowRemapPending); row_remap_failure: no spare row was left "
+            "(SoakdRowRemapFailure: service the GPU).",
+            Target(f"max by (instance, source, device, condition) (soakd_hardware_condition"
+                   f"{{{F_INSTANCE}}})", "{{condition}} {{device}} ({{source}}) · {{instance}}"),
+            value_mappings({0: ("no", "green"), 1: ("yes", "red")}),
+            width=8, height=6,
+        ),
         Row("Telemetry sources"),
         state_timeline(
             "Telemetry sources",
@@ -217,7 +250,8 @@ def power_thermal() -> Dashboard:
         "soakd-power-thermal",
         "soakd · Power and thermal",
         "Power per component from energy counters, thermal pressure over time and time in "
-        "each level, temperatures, throttle events, memory and telemetry source health.",
+        "each level, temperatures, throttle events, memory, hardware errors and telemetry "
+        "source health.",
         items,
         time_from="now-3h",
         annotations=[PHASE_ANNOTATION],

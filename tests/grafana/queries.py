@@ -44,6 +44,9 @@ VARIABLE_VALUE = ".*"
 EMPTY_IN_CI = {
     ("soakd-stability", "Device throughput vs the host's median device"):
         "needs several devices of one backend (the live test's host has one CPU)",
+    ("soakd-power-thermal", "Hardware error counts"): "needs NVML (the live test's host has no NVIDIA GPU)",
+    ("soakd-power-thermal", "New hardware errors"): "needs NVML (the live test's host has no NVIDIA GPU)",
+    ("soakd-power-thermal", "Row remapping"): "needs NVML (the live test's host has no NVIDIA GPU)",
 }
 
 # $name, ${name}, ${name:format} and the deprecated [[name]].

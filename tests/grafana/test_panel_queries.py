@@ -61,6 +61,13 @@ def device(number: str) -> dict[str, str]:
     return {**GPU_OUT, "device": number}
 
 
+NVML = 'job="soakd", instance="gpu-01", source="nvml"'
+
+
+def nvml(gpu: str, **labels: str) -> dict[str, str]:
+    return {"instance": "gpu-01", "source": "nvml", "device": gpu, **labels}
+
+
 CASES = {
     # The slow GPU is named with its ratio to the host's median device.
     "device outlier ratio, three GPUs": Case(
@@ -111,6 +118,25 @@ CASES = {
         "soakd-stability", "Throughput by backend — $phase", 0,
         [(f'soakd_throughput_flop_per_second{{{GPU}, device="0"}}', "1e13x4 stale _x9 1e13x4 stale")],
         [(device("0"), 1e13)], at="2m", extra=[("8m", []), ("16m", [(device("0"), 1e13)]), ("21m", [])]),
+    # The lent H200 reported one uncorrectable remapped row from before soakd started; an XID
+    # counted at 60m is a new error in its interval, an unchanged count is none.
+    "hardware error counts": Case(
+        "soakd-power-thermal", "Hardware error counts", 0,
+        [(f'soakd_hardware_errors_total{{{NVML}, device="gpu0", kind="remapped_rows_uncorrectable"}}', "1x70"),
+         (f'soakd_hardware_errors_total{{{NVML}, device="gpu1", kind="xid"}}', "0x60 1x10")],
+        [(nvml("gpu0", kind="remapped_rows_uncorrectable"), 1.0), (nvml("gpu1", kind="xid"), 1.0)]),
+    "new hardware errors": Case(
+        "soakd-power-thermal", "New hardware errors", 0,
+        [(f'soakd_hardware_errors_total{{{NVML}, device="gpu0", kind="remapped_rows_uncorrectable"}}', "1x70"),
+         (f'soakd_hardware_errors_total{{{NVML}, device="gpu1", kind="xid"}}', "0x60 1x10")],
+        [(nvml("gpu0", kind="remapped_rows_uncorrectable"), 0.0), (nvml("gpu1", kind="xid"), 0.0)],
+        extra=[("61m", [(nvml("gpu0", kind="remapped_rows_uncorrectable"), 0.0),
+                        (nvml("gpu1", kind="xid"), 1.0)])]),
+    "row remapping": Case(
+        "soakd-power-thermal", "Row remapping", 0,
+        [(f'soakd_hardware_condition{{{NVML}, device="gpu0", condition="row_remap_pending"}}', "0x60 1x10"),
+         (f'soakd_hardware_condition{{{NVML}, device="gpu0", condition="row_remap_failure"}}', "0x70")],
+        [(nvml("gpu0", condition="row_remap_pending"), 1.0), (nvml("gpu0", condition="row_remap_failure"), 0.0)]),
     "run configuration": Case(
         "soakd-stability", "Run configuration", 0,
         [(f'soakd_run_info{{{GPU}, device="0", run_key="3f2a", shapes="4x2048x2048", technique="cuda_graph", '
