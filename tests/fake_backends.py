@@ -192,24 +192,6 @@ class _SlowStepWorkload(TorchWorkload):
 
 # The extra time a step of the slow stand-in GPU takes.
 SLOW_STEP_S = 0.004
-# How long the slow-warm-up stand-in's warm-up takes (as a CUDA graph capture does, in the phase).
-SLOW_WARMUP_S = 0.6
-
-
-class _SlowWarmupWorkload(TorchWorkload):
-    def warm_up(self, steps: int, now: Callable[[], float] = time.perf_counter) -> float:
-        time.sleep(SLOW_WARMUP_S)
-        return super().warm_up(steps, now)
-
-
-class SlowWarmupBackend(CpuBackend):
-    """The CPU backend whose warm-up takes SLOW_WARMUP_S longer."""
-
-    name = "slowwarmup-fake"
-
-    def prepare(self, spec: PhaseSpec, precision: str, seed: int,
-                options: PrepareOptions | None = None) -> PreparedWorkload:
-        return _as(super().prepare(spec, precision, seed, options), _SlowWarmupWorkload)
 
 
 class DeviceLikeBackend(CpuBackend):
@@ -221,6 +203,27 @@ class DeviceLikeBackend(CpuBackend):
     def prepare(self, spec: PhaseSpec, precision: str, seed: int,
                 options: PrepareOptions | None = None) -> PreparedWorkload:
         return _as(super().prepare(spec, precision, seed, options), _SlowStepWorkload)
+
+
+# How long the slow-warm-up stand-in's warm-up takes (as a CUDA graph capture does, in the phase).
+SLOW_WARMUP_S = 1.5
+
+
+class _SlowWarmupWorkload(_SlowStepWorkload):
+    def warm_up(self, steps: int, now: Callable[[], float] = time.perf_counter) -> float:
+        time.sleep(SLOW_WARMUP_S)
+        return super().warm_up(steps, now)
+
+
+class SlowWarmupBackend(CpuBackend):
+    """The stand-in GPU of DeviceLikeBackend (steps that mostly wait, so a busy host hardly
+    changes them) whose warm-up takes SLOW_WARMUP_S longer."""
+
+    name = "slowwarmup-fake"
+
+    def prepare(self, spec: PhaseSpec, precision: str, seed: int,
+                options: PrepareOptions | None = None) -> PreparedWorkload:
+        return _as(super().prepare(spec, precision, seed, options), _SlowWarmupWorkload)
 
 
 class MultiDeviceBackend(CpuBackend):

@@ -19,7 +19,7 @@ This is the one small interface the daemon uses (`RotationRunner` with an event 
 
 Every slice's turn is timed: the time in a phase with no measured step running is the load gap
 (`SliceResult.gap_seconds`), reported per slice. A phase keeps to its configured time: a slice
-is shortened by what earlier slices of the phase lost (`RotationRunner._slice_seconds`).
+is shortened by what earlier slices of the phase lost (`_PhaseBudget`).
 """
 
 from __future__ import annotations
@@ -72,6 +72,26 @@ FALLBACK_REASONS = frozenset({
 CRASH_REASONS = frozenset({"killed", "overrun", "worker_exit"})
 # A slice shortened to keep its phase on time still measures at least this share of a slice.
 MIN_SLICE_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class _PhaseBudget:
+    """A phase's deadline (monotonic seconds) and its slices' nominal length: the profile's
+    slice, or the phase's share per round where the phase is shorter than its slices."""
+
+    deadline: float
+    nominal: float
+
+    def next_slice(self, rounds_left: int) -> float:
+        """A slice's measured seconds: the nominal slice, or less to end the phase on time.
+
+        What is left until the deadline is shared among the rounds still to run, so the time a
+        phase loses to a warm-up, a worker's start, a hand-over or a slice's last step is taken
+        from its own later slices, not added to the rotation (a rotation's wall time is the sum
+        of its phase times). Never under MIN_SLICE_SHARE of the nominal slice.
+        """
+        share = (self.deadline - time.monotonic()) / max(rounds_left, 1)
+        return max(MIN_SLICE_SHARE * self.nominal, min(self.nominal, share))
 
 
 
@@ -307,18 +327,19 @@ class RotationRunner:
         slices = len(rounds)
         planned = self.plan.profile.phase_seconds if self.plan.steps is None else 0.0
         phase_started = time.monotonic()
-        deadline = phase_started + planned if planned > 0 else None
+        budget = None if planned <= 0 else _PhaseBudget(
+            phase_started + planned, min(self.plan.profile.slice_seconds, planned / slices))
         self._emit(None, PhaseStarted(phase, precision, planned, phase_started, slices))
         for index, round_ in enumerate(rounds):
             if self.stop.is_set():
                 break
             turn_started = time.monotonic()
             if len(round_) == 1:
-                self._run_lane_slice(round_[0], phase, precision, turn_started, index, slices, deadline=deadline)
+                self._run_lane_slice(round_[0], phase, precision, turn_started, index, slices, budget=budget)
             else:
                 threads = [threading.Thread(target=self._run_lane_slice,
                                             args=(lane, phase, precision, turn_started, index, slices, True,
-                                                  deadline))
+                                                  budget))
                            for lane in round_]
                 for thread in threads:
                     thread.start()
@@ -341,7 +362,7 @@ class RotationRunner:
 
     def _run_lane_slice(self, lane: _Lane, phase: str, precision: str, turn_started: float,
                         index: int, slices: int, concurrent: bool = False,
-                        deadline: float | None = None) -> None:
+                        budget: _PhaseBudget | None = None) -> None:
         plan, profile = self.plan, self.plan.profile
         while lane.current is not None and not self.stop.is_set():
             backend = lane.current
@@ -362,8 +383,11 @@ class RotationRunner:
             lane.first_events = []
             ready = worker.prepared or worker.failure or worker.await_prepared(
                 profile.prepare_timeout_seconds, self.stop, deliver)
-            duration = profile.cpu_baseline_seconds if lane.baseline else self._slice_seconds(
-                deadline, slices - index)
+            duration = profile.slice_seconds
+            if lane.baseline:
+                duration = profile.cpu_baseline_seconds
+            elif budget is not None:
+                duration = budget.next_slice(slices - index)
             command = RunSlice(slice_id=slice_id,
                                duration_s=None if plan.steps is not None else duration,
                                max_steps=plan.steps,
@@ -396,21 +420,6 @@ class RotationRunner:
                 self._fall_back(lane, context, outcome.reason, outcome.detail)
                 continue
             return  # stopped
-
-    def _slice_seconds(self, deadline: float | None, rounds_left: int) -> float:
-        """A slice's measured seconds: the profile's slice, or less to end the phase on time.
-
-        What is left until the phase's deadline is shared among the rounds still to run, so the
-        time a phase loses to a warm-up, a worker's start, a hand-over or a slice's last step is
-        taken from its own later slices, not added to the rotation (its wall time is the sum of
-        its phase times). Never under MIN_SLICE_SHARE of a slice; the whole slice without a
-        deadline (a fixed step count).
-        """
-        full = self.plan.profile.slice_seconds
-        if deadline is None:
-            return full
-        share = (deadline - time.monotonic()) / max(rounds_left, 1)
-        return max(MIN_SLICE_SHARE * full, min(full, share))
 
     def _deliver(self, context: SliceContext, result: SliceResult) -> Callable[[WorkerEvent], None]:
         def deliver(event: WorkerEvent) -> None:
