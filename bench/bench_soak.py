@@ -253,17 +253,17 @@ def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                       for lane in by_device.values() for a, b in itertools.pairwise(lane)]
         power: dict[int, float] = {}
         dips: dict[int, list[float]] = {}
+        phase_end_dips: dict[int, list[float]] = {}
+        # slice ends inside the phase (each device's slices but its last), and the phase's end
+        # (the hand-over to the next phase's warm-up, or the rotation's end), apart
+        inner = [s["ended_at"] for lane in by_device.values() for s in lane[:-1]]
+        last = [lane[-1]["ended_at"] for lane in by_device.values()]
         for gpu in trace.limits_w:
             series = trace.power(gpu)
             steady = [w for t, w in series if start_wall + 5 <= t <= end_wall]
             power[gpu] = statistics.median(steady) if steady else float("nan")
-            lows = []
-            for s in rows[:-1]:
-                edge = s["ended_at"]
-                window = [w for t, w in series if edge - 1.0 <= t <= edge + 1.0]
-                if len(window) >= 5:
-                    lows.append(min(statistics.fmean(window[i:i + 5]) for i in range(len(window) - 4)))
-            dips[gpu] = lows
+            dips[gpu] = _lowest_around(series, inner)
+            phase_end_dips[gpu] = _lowest_around(series, last)
         phases.append({
             "phase": name, "wall_seconds": end["wall_seconds"], "load_gap_seconds": end["load_gap_seconds"],
             "gap_share": end["load_gap_seconds"] / end["wall_seconds"] if end["wall_seconds"] else None,
@@ -271,6 +271,7 @@ def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "first_slice_lead_seconds": rows[0]["lead_gap_seconds"],
             "tflops_per_device": per_device, "steady_power_w": power,
             "lowest_boundary_power_w": {g: min(v) if v else None for g, v in dips.items()},
+            "lowest_phase_end_power_w": {g: min(v) if v else None for g, v in phase_end_dips.items()},
             "technique": json.loads(rows[0]["run"] or "{}").get("technique"),
             "memory_format": json.loads(rows[0]["run"] or "{}").get("memory_format"),
             "mismatches": sum(s["mismatches"] for s in rows),
@@ -301,21 +302,32 @@ def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _lowest_around(series: list[tuple[float, float]], edges: list[float]) -> list[float]:
+    """Per edge (unix time), the lowest 0.5 s mean power (5 samples at 10 Hz) within 1 s of it."""
+    lows = []
+    for edge in edges:
+        window = [w for t, w in series if edge - 1.0 <= t <= edge + 1.0]
+        if len(window) >= 5:
+            lows.append(min(statistics.fmean(window[i:i + 5]) for i in range(len(window) - 4)))
+    return lows
+
+
 def render(summary: dict[str, Any], args: argparse.Namespace) -> str:
     """The summary as a Markdown table and two lines, for bench/RESULTS.md."""
     lines = [f"GPUs: {summary['gpus']}; enforced power limit {summary['power_limit_w']} W",
              f"phase_seconds {args.phase_seconds}, slice_seconds {args.slice_seconds}, {args.precision}",
              "| phase | technique | wall s | load gap s (share) | largest boundary s | TFLOP/s by device "
-             "| steady W by GPU | lowest W at a boundary | mismatches | failures |",
-             "|---|---|---:|---:|---:|---|---|---|---:|---|"]
+             "| steady W by GPU | lowest W at a slice boundary | lowest W at the phase's end | mismatches "
+             "| failures |",
+             "|---|---|---:|---:|---:|---|---|---|---|---:|---|"]
     for p in summary["phases"]:
         tflops = ", ".join(f"{d}: {v:.1f}" for d, v in p["tflops_per_device"].items())
         power = ", ".join(f"{g}: {w:.0f}" for g, w in p["steady_power_w"].items())
-        low = ", ".join(f"{g}: {w:.0f}" if w is not None else f"{g}: -"
-                        for g, w in p["lowest_boundary_power_w"].items())
+        low, end = (", ".join(f"{g}: {w:.0f}" if w is not None else f"{g}: -" for g, w in p[key].items())
+                    for key in ("lowest_boundary_power_w", "lowest_phase_end_power_w"))
         lines.append(f"| {p['phase']} | {p['technique']}/{p['memory_format']} | {p['wall_seconds']:.1f} | "
                      f"{p['load_gap_seconds']:.3f} ({p['gap_share']:.2%}) | {p['largest_boundary_seconds']:.3f} "
-                     f"| {tflops} | {power} | {low} | {p['mismatches']} | {p['failures'] or '-'} |")
+                     f"| {tflops} | {power} | {low} | {end} | {p['mismatches']} | {p['failures'] or '-'} |")
     r, m = summary["rotation"], summary["metrics"]
     lines.append(f"rotation {r['result']}: wall {r['wall_seconds']:.1f} s = {r['ratio']:.3f} x planned "
                  f"{r['planned_seconds']:.0f} s; from the first phase's start "
