@@ -1,6 +1,9 @@
-"""Stand-ins shared by the sampler and source tests: a settable clock and a scripted source."""
+"""Stand-ins shared by the sampler and source tests: a settable clock, a scripted source, and a
+source module installed as a plugin."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from daemon.sources.base import Reading, Source
 
@@ -41,3 +44,17 @@ class Scripted(Source):
 
     def close(self) -> None:
         self.closed = True
+
+
+def install_source_plugin(site: Path, module: str, source: str, entry: str) -> Path:
+    """Write `source` as module `module` into a new folder `site` with the distribution metadata
+    that declares it as soakd source `entry` (the `soakd.sources` entry point), as `pip install`
+    would leave it in site-packages. Returns `site`, for a worker's or daemon's PYTHONPATH."""
+    site.mkdir()
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{module}-1.0.dist-info"
+    info.mkdir()
+    name = module.replace("_", "-")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[soakd.sources]\n{entry} = {module}\n")
+    return site

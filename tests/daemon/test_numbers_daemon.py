@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from daemon_process import Daemon, sample_value
+from fake_sources import install_source_plugin
 
 from workloads.phases import PROFILES
 
@@ -45,13 +46,7 @@ CONSTANT_SOURCE = textwrap.dedent('''\
 
 
 def constant_source(tmp_path: Path) -> dict[str, str]:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "soakd_constant_source.py").write_text(CONSTANT_SOURCE)
-    info = site / "soakd_constant_source-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: soakd-constant-source\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[soakd.sources]\nconstant = soakd_constant_source\n")
+    site = install_source_plugin(tmp_path / "site", "soakd_constant_source", CONSTANT_SOURCE, "constant")
     return {"PYTHONPATH": str(site)}
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from daemon_process import REPO, Daemon, write_config
+from fake_sources import install_source_plugin
 
 import daemon.sources
 from daemon.config import ConfigError, load_config, source_keys
@@ -125,14 +126,7 @@ STANDIN = textwrap.dedent('''\
 def plugin_path(tmp_path: Path) -> Path:
     """A directory holding the stand-in module and the distribution metadata that declares its
     entry point, as `pip install` would leave them in site-packages."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "soakd_standin_source.py").write_text(STANDIN)
-    info = site / "soakd_standin_source-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: soakd-standin-source\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[soakd.sources]\nstandin = soakd_standin_source\n")
-    return site
+    return install_source_plugin(tmp_path / "site", "soakd_standin_source", STANDIN, "standin")
 
 
 @pytest.mark.slow
